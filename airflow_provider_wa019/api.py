@@ -1,0 +1,213 @@
+"""The 019sms WhatsApp API contract: paths, field names, reason codes and limits.
+
+One module both the hook (client side) and the simulator (server side) read, so the two cannot
+drift apart. Pure Python: no Airflow, no HTTP library.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import pendulum
+
+from airflow_provider_wa019.exceptions import WhatsAppAPIError, WhatsAppResponseError
+
+if TYPE_CHECKING:
+    from pendulum import DateTime, Duration
+
+DEFAULT_BASE_URL = "https://019sms.co.il"
+#: Free-form message (the vendor's "Send Message" page).
+SEND_PATH = "/api/whatsapp/sendMessage"
+#: Approved template message, same ``from``/``to`` dialect.
+TEMPLATE_PATH = "/api/whatsapp/sendTemplate"
+#: Read-only template listing; ``{phone}`` is the sender account. Sends nothing.
+TEMPLATES_PATH = "/whatsapp-api/get-phone-templates/{phone}"
+
+#: WhatsApp caps a text message at 4096 characters.
+MAX_BODY_CHARS = 4096
+#: A template body with its variables filled in may not exceed 1024 characters.
+MAX_TEMPLATE_CHARS = 1024
+#: Templates take ``bodyVariable1`` ... ``bodyVariable10``.
+MAX_TEMPLATE_VARIABLES = 10
+
+#: ``headerType`` values of the template endpoint.
+HEADER_NONE = 1
+HEADER_IMAGE = 3
+HEADER_VIDEO = 4
+HEADER_DOCUMENT = 5
+MEDIA_HEADER_TYPES = frozenset({HEADER_IMAGE, HEADER_VIDEO, HEADER_DOCUMENT})
+
+
+class Reason(IntEnum):
+    """The ``reason`` codes the API answers with (vendor's "Status explanation" table)."""
+
+    OK = 1
+    BAD_SENDER_OR_JSON = 2
+    BAD_TOKEN = 3
+    BAD_RECIPIENT = 4
+    EMPTY_BODY = 5
+    WHATSAPP_ERROR = 6
+    WINDOW_CLOSED = 7
+    FIRST_CONTACT = 8
+
+
+REASON_MEANINGS: dict[int, str] = {
+    Reason.OK: "OK",
+    Reason.BAD_SENDER_OR_JSON: "the 'from' account does not exist, or the request JSON is malformed",
+    Reason.BAD_TOKEN: "wrong API token",
+    Reason.BAD_RECIPIENT: "'to' is empty or not a valid number",
+    Reason.EMPTY_BODY: "'body' is empty",
+    Reason.WHATSAPP_ERROR: "WhatsApp error, try again",
+    Reason.WINDOW_CLOSED: (
+        "more than 24 hours since the client's last message: send an approved template instead"
+    ),
+    Reason.FIRST_CONTACT: "first message to this contact: send an approved template instead",
+}
+
+
+def reason_meaning(reason: int) -> str:
+    """The API's meaning of a reason code, or a note that the code is undocumented."""
+    return REASON_MEANINGS.get(reason, f"undocumented reason code {reason}")
+
+
+# --- Requests -------------------------------------------------------------------------------
+
+
+def send_payload(sender: str, to: str, body: str, reply_to: str | None = None) -> dict[str, str]:
+    """The JSON body of a free-form send, from already validated values."""
+    payload = {"from": sender, "to": to, "body": body}
+    if reply_to is not None:
+        payload["replyTo"] = reply_to
+    return payload
+
+
+# --- Responses ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What the API answered for an accepted message (``reason`` 1). Immutable.
+
+    :ivar unique: the message id; also the ``replyTo`` value of a later quoted reply.
+    :ivar timestamp: when the API accepted the message (UTC), or None if it did not say.
+    :ivar template_time_left: time left of the 24 h free-form window (since the client's last
+        message); None if not reported.
+    :ivar conversation_time_left: time left of the billed 24 h conversation; None if not reported.
+    :ivar raw: the decoded response body, read-only.
+    """
+
+    unique: str
+    reason: int
+    status: str | None
+    to: str | None
+    sender: str | None
+    body: str | None
+    timestamp: DateTime | None
+    template_time_left: Duration | None
+    conversation_time_left: Duration | None
+    raw: Mapping[str, Any] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict, as pushed to XCom (durations in whole minutes)."""
+        return {
+            "unique": self.unique,
+            "reason": self.reason,
+            "status": self.status,
+            "to": self.to,
+            "sender": self.sender,
+            "body": self.body,
+            "timestamp": self.timestamp.isoformat() if self.timestamp else None,
+            "template_time_left_minutes": _minutes(self.template_time_left),
+            "conversation_time_left_minutes": _minutes(self.conversation_time_left),
+            "raw": dict(self.raw),
+        }
+
+
+def decode_json_object(http_status: int, content: bytes) -> dict[str, Any]:
+    """Decode a response body that must be a JSON object."""
+    if not content.strip():
+        raise WhatsAppResponseError("empty body", http_status=http_status, body=content)
+    try:
+        data = json.loads(content)
+    except ValueError:
+        raise WhatsAppResponseError("body is not JSON", http_status=http_status, body=content) from None
+    if not isinstance(data, dict):
+        raise WhatsAppResponseError(
+            f"expected a JSON object, got a JSON {type(data).__name__}", http_status=http_status, body=content
+        )
+    return data
+
+
+def parse_send_response(http_status: int, content: bytes) -> SendResult:
+    """Turn a send (or template send) response into a :class:`SendResult`.
+
+    :raises WhatsAppAPIError: the API refused the message (``reason`` other than 1).
+    :raises WhatsAppResponseError: the body is not the documented JSON.
+    """
+    data = decode_json_object(http_status, content)
+    reason = _reason(data.get("reason"))
+    if reason is None:
+        raise WhatsAppResponseError(
+            f"'reason' is missing or not an integer ({data.get('reason')!r})",
+            http_status=http_status,
+            body=content,
+        )
+    if reason != Reason.OK:
+        detail = data.get("message") if isinstance(data.get("message"), str) else None
+        raise WhatsAppAPIError(reason, response=data, http_status=http_status, detail=detail)
+    unique = data.get("unique")
+    if not isinstance(unique, str) or not unique:
+        raise WhatsAppResponseError(
+            "reason 1 (sent) but no message id in 'unique'", http_status=http_status, body=content
+        )
+    return SendResult(
+        unique=unique,
+        reason=reason,
+        status=_text(data.get("status")),
+        to=_text(data.get("to")),
+        sender=_text(data.get("from")),
+        body=_text(data.get("body")),
+        timestamp=_timestamp(data.get("timestamp")),
+        template_time_left=_duration(data.get("templateTimeLeft")),
+        conversation_time_left=_duration(data.get("conversationTimeLeft")),
+        raw=MappingProxyType(data),
+    )
+
+
+def _reason(value: Any) -> int | None:
+    # The API sends numbers as strings elsewhere in the same body; accept "1" as 1.
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _timestamp(value: Any) -> DateTime | None:
+    try:
+        return pendulum.from_timestamp(int(value), tz="UTC")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _duration(value: Any) -> Duration | None:
+    # Minutes, documented as strings ("400").
+    try:
+        return pendulum.duration(minutes=int(float(value)))
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _minutes(value: Duration | None) -> int | None:
+    return None if value is None else int(value.total_seconds() // 60)
