@@ -1,0 +1,104 @@
+"""Run the simulator from a shell: ``python -m airflow_provider_wa019.testing --port 8019``.
+
+Prints two lines, then serves until SIGINT/SIGTERM (exit status 0)::
+
+    base_url: http://127.0.0.1:8019
+    AIRFLOW_CONN_WA019_DEFAULT={"conn_type": "wa019", "host": "http://127.0.0.1:8019", ...}
+
+Point Airflow at it by exporting the second line. Drive it from other processes with the
+``/__sim__/`` control endpoints (``POST /__sim__/open-window {"number": "972501234567"}`` ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from airflow_provider_wa019.testing.simulator import DEFAULT_SENDER, DEFAULT_TOKEN, WhatsAppSimulator
+
+
+def _template(spec: str) -> dict[str, str]:
+    name, sep, body = spec.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=BODY, got {spec!r}")
+    return {"name": name, "body": body}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m airflow_provider_wa019.testing",
+        description="Serve a simulator of the 019sms WhatsApp API on loopback.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8019, help="port; 0 picks a free one (default 8019)")
+    parser.add_argument("--token", default=DEFAULT_TOKEN, help="bearer token to accept")
+    parser.add_argument(
+        "--sender",
+        nargs="+",
+        action="extend",
+        metavar="NUMBER",
+        help=f"sender accounts (default {DEFAULT_SENDER})",
+    )
+    parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="delay per request")
+    parser.add_argument(
+        "--max-concurrency", type=int, default=None, metavar="N", help="requests handled at once"
+    )
+    parser.add_argument(
+        "--open-window",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NUMBER",
+        help="clients that just wrote to us (free-form messages to them are allowed for 24 h)",
+    )
+    parser.add_argument(
+        "--template",
+        nargs="+",
+        action="extend",
+        default=[],
+        type=_template,
+        metavar="NAME=BODY",
+        help="approved templates; {{1}}, {{2}} ... mark variables",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    sim = WhatsAppSimulator(
+        token=args.token,
+        senders=tuple(args.sender or (DEFAULT_SENDER,)),
+        host=args.host,
+        port=args.port,
+        latency=args.latency,
+        max_concurrency=args.max_concurrency,
+        templates=args.template,
+    )
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    sim.start()
+    try:
+        for number in args.open_window:
+            sim.open_window(number)
+        conn_id, value = next(iter(sim.connection_env().items()))
+        # Flushed at once: a parent process reads these two lines to find the port.
+        print(f"base_url: {sim.base_url}", flush=True)
+        print(f"{conn_id}={value}", flush=True)
+        while not stop.wait(0.5):  # a timed wait, so signal handlers run promptly
+            pass
+    finally:
+        sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
