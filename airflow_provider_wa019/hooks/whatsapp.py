@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from airflow.sdk import BaseHook
+from airflow.providers.common.compat.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.retry import Retry
@@ -162,7 +162,7 @@ class WhatsAppHook(BaseHook):
         if not isinstance(extra, dict):
             raise WhatsAppConfigError(f"connection {conn_id!r}: extra must be a JSON object")
         opt = _ExtraReader(conn_id, extra)
-        sender = opt.get("sender", str)
+        sender = opt.get("sender", (str, int))  # URI query values may arrive as numbers
         region = validate_region(opt.get("default_region", str))
         return WhatsAppSettings(
             conn_id=conn_id,

@@ -1,0 +1,262 @@
+"""WhatsAppSendOperator in real task runs (``dag.test()``) against the simulator.
+
+Under ``dag.test()`` retries run to the end: a retryable failure with ``retries=1`` ends
+``failed`` with try number 2 (it was ``up_for_retry`` in between), a non-retryable one ends
+``failed`` with try number 1.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+
+import pendulum
+import pytest
+from airflow.sdk import DAG, task
+from airflow_support import airflow_dags_test, run_dag
+
+from airflow_provider_wa019.operators.whatsapp import WhatsAppSendOperator
+from airflow_provider_wa019.testing import WhatsAppSimulator, refused_address
+
+CLIENT = "972501234567"
+STRANGER = "972520000001"
+FAST = {"backoff_factor": 0.01, "max_retry_wait": 0.1, "timeout": [1, 0.5]}
+START = pendulum.datetime(2026, 1, 1, tz="UTC")
+
+SUCCESS, SKIPPED, FAILED = "success", "skipped", "failed"
+
+
+@pytest.fixture
+def sim(wa019_simulator, wa019_env):
+    wa019_env(host=wa019_simulator.base_url, password=wa019_simulator.token, sender=wa019_simulator.sender, **FAST)
+    wa019_simulator.open_window(CLIENT)
+    return wa019_simulator
+
+
+def send_dag(dag_id: str, *, retries: int = 1, params: dict | None = None, **op_kwargs) -> DAG:
+    op_kwargs.setdefault("to", CLIENT)
+    op_kwargs.setdefault("body", "Your order shipped")
+    with DAG(dag_id, schedule=None, start_date=START, catchup=False, params=params or {}) as dag:
+        WhatsAppSendOperator(task_id="send", retries=retries, retry_delay=timedelta(milliseconds=1), **op_kwargs)
+    return dag
+
+
+def test_success_returns_the_message_id_and_pushes_the_response(sim, airflow_db):
+    result = run_dag(send_dag("op_success"))
+
+    assert result.state == SUCCESS
+    assert result.tis["send"] == (SUCCESS, 1)
+    [sent] = sim.sent
+    assert result.xcom("send") == sent["unique"]
+    response = result.xcom("send", key="response")
+    assert response["unique"] == sent["unique"]
+    assert response["to"] == CLIENT
+    assert response["reason"] == 1
+    assert response["conversation_time_left_minutes"] == 24 * 60
+    pendulum.parse(response["timestamp"])
+
+
+# (how to provoke it, final state, try number, requests the simulator saw)
+OUTCOMES = {
+    "reason 2 unknown sender": ({"sender": "972779999999"}, None, FAILED, 1, 1),
+    "reason 3 wrong token": (None, {"reason": 3}, FAILED, 1, 1),
+    "reason 4 bad number": (None, {"reason": 4}, FAILED, 1, 1),
+    "reason 5 empty body": (None, {"reason": 5}, FAILED, 1, 1),
+    "reason 6 after the hook's retries": (None, {"reason": 6, "n": 99}, FAILED, 2, 6),
+    "reason 6 once": (None, {"reason": 6}, SUCCESS, 1, 2),
+    "reason 7 window closed": ({"to": "WINDOW_EXPIRED"}, None, SKIPPED, 1, 1),
+    "reason 8 first contact": ({"to": STRANGER}, None, SKIPPED, 1, 1),
+    "reason 8 not in skip_on_reasons": ({"to": STRANGER, "skip_on_reasons": ()}, None, FAILED, 1, 1),
+    "unknown reason 42": (None, {"reason": 42}, FAILED, 1, 1),
+    "HTTP 401": (None, {"status": 401, "n": 9}, FAILED, 1, 1),
+    "HTTP 429 throughout": (None, {"status": 429, "retry_after": 0, "n": 99}, FAILED, 2, 6),
+    "HTTP 503 once": (None, {"status": 503}, SUCCESS, 1, 2),
+    "HTTP 500 delivery unknown": (None, {"status": 500, "n": 99}, FAILED, 2, 2),
+    "read timeout delivery unknown": (None, {"delay": 1.0, "n": 99}, FAILED, 2, 2),
+    "non-JSON body": (None, {"body": "<html>Bad gateway</html>", "n": 99}, FAILED, 1, 1),
+}
+
+
+@pytest.mark.parametrize("case", OUTCOMES, ids=list(OUTCOMES))
+def test_task_outcome_follows_the_reason(sim, airflow_db, case):
+    op_kwargs, fault, state, try_number, requests = OUTCOMES[case]
+    op_kwargs = dict(op_kwargs or {})
+    if op_kwargs.get("to") == "WINDOW_EXPIRED":
+        expired = "972530000002"
+        sim.open_window(expired, at=sim.now().subtract(hours=25))
+        op_kwargs["to"] = expired
+    if fault:
+        fault = dict(fault)
+        sim.fail_next(fault.pop("n", 1), **fault)
+
+    result = run_dag(send_dag(f"op_outcome_{abs(hash(case))}", retries=1, **op_kwargs))
+
+    assert result.tis["send"] == (state, try_number)
+    if fault and "delay" in fault:
+        sim_wait_for(sim, requests)
+    assert len(sim.requests) == requests
+    if state != SUCCESS:
+        with pytest.raises(KeyError):
+            result.xcom("send")
+
+
+def sim_wait_for(sim: WhatsAppSimulator, count: int) -> None:
+    # A delayed answer is recorded once written, after the client already gave up.
+    deadline = time.monotonic() + 5
+    while len(sim.requests) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_connection_failure_is_retried_by_airflow(wa019_env, airflow_db):
+    with refused_address() as base_url:
+        wa019_env(host=base_url, password="t", **FAST)
+        result = run_dag(send_dag("op_refused", retries=1))
+    assert result.tis["send"] == (FAILED, 2)
+
+
+@pytest.mark.parametrize(
+    "op_kwargs",
+    [
+        {"to": "not a number"},
+        {"to": "050-123-4567"},
+        {"body": "   "},
+        {"body": "x" * 5000},
+        {"reply_to": ""},
+        {"sender": "12"},
+    ],
+)
+def test_invalid_input_fails_without_retry_or_request(sim, airflow_db, op_kwargs):
+    result = run_dag(send_dag("op_invalid", retries=3, **op_kwargs))
+    assert result.tis["send"] == (FAILED, 1)
+    assert sim.requests == []
+
+
+def test_missing_token_fails_without_request(sim, wa019_env, airflow_db):
+    wa019_env(host=sim.base_url, password=None, sender=sim.sender)
+    result = run_dag(send_dag("op_no_token", retries=2))
+    assert result.tis["send"] == (FAILED, 1)
+    assert sim.requests == []
+
+
+def test_to_and_body_are_templated_from_params_and_upstream_xcom(sim, airflow_db):
+    with DAG("op_templated", schedule=None, start_date=START, params={"customer": "+972 50-123-4567"}) as dag:
+
+        @task
+        def order() -> dict:
+            return {"id": "A-77", "total": "120 ILS"}
+
+        send = WhatsAppSendOperator(
+            task_id="send",
+            to="{{ params.customer }}",
+            body="Order {{ ti.xcom_pull(task_ids='order')['id'] }} for {{ ti.xcom_pull(task_ids='order')['total'] }}",
+        )
+        order() >> send
+
+    result = run_dag(dag)
+
+    assert result.state == SUCCESS
+    assert sim.requests[-1].json["to"] == CLIENT
+    assert sim.requests[-1].json["body"] == "Order A-77 for 120 ILS"
+
+
+def test_conf_overrides_params(sim, airflow_db):
+    dag = send_dag("op_conf", params={"who": CLIENT}, to="{{ params.who }}", body="hi {{ params.who }}")
+    sim.open_window("972541112222")
+    run_dag(dag, conf={"who": "972541112222"})
+    assert sim.requests[-1].json == {"from": sim.sender, "to": "972541112222", "body": "hi 972541112222"}
+
+
+def test_body_from_a_template_file(sim, airflow_db, tmp_path):
+    (tmp_path / "shipped.txt").write_text("Hi {{ params.name }}, order {{ params.order }} is on its way.")
+    with DAG(
+        "op_template_file",
+        schedule=None,
+        start_date=START,
+        template_searchpath=str(tmp_path),
+        params={"name": "Dana", "order": "B-2"},
+    ) as dag:
+        WhatsAppSendOperator(task_id="send", to=CLIENT, body="shipped.txt")
+    assert run_dag(dag).state == SUCCESS
+    assert sim.requests[-1].json["body"] == "Hi Dana, order B-2 is on its way."
+
+
+def test_dynamic_mapping_over_recipients(sim, airflow_db):
+    recipients = [CLIENT, "972521234567", STRANGER]
+    sim.open_window("972521234567")
+    with DAG("op_mapped", schedule=None, start_date=START) as dag:
+        WhatsAppSendOperator.partial(task_id="send", body="Heads up").expand(to=recipients)
+
+    result = run_dag(dag)
+
+    assert result.state_of("send", 0) == SUCCESS
+    assert result.state_of("send", 1) == SUCCESS
+    assert result.state_of("send", 2) == SKIPPED  # first contact: reason 8
+    by_to = {m["to"]: m["unique"] for m in sim.sent}
+    assert result.xcom("send", map_index=0) == by_to[CLIENT]
+    assert result.xcom("send", map_index=1) == by_to["972521234567"]
+    assert len(sim.sent) == 2
+
+
+def test_connection_from_the_metadata_db(sim, airflow_db):
+    from airflow.models import Connection
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        session.query(Connection).filter(Connection.conn_id == "wa019_db").delete()
+        session.add(
+            Connection(
+                conn_id="wa019_db",
+                conn_type="wa019",
+                host=sim.base_url,
+                password=sim.token,
+                extra=json.dumps({"sender": sim.sender}),
+            )
+        )
+    result = run_dag(send_dag("op_db_conn", wa019_conn_id="wa019_db"))
+    assert result.tis["send"] == (SUCCESS, 1)
+    assert result.xcom("send") == sim.sent[-1]["unique"]
+
+
+def test_connection_in_uri_form(sim, airflow_db, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_WA019_URI", sim.connection_uri())
+    result = run_dag(send_dag("op_uri_conn", wa019_conn_id="wa019_uri"))
+    assert result.tis["send"] == (SUCCESS, 1)
+
+
+TOKEN = "tok-DISTINCTIVE-7f3a9c"
+OLD_TOKEN = "tok-REVOKED-51be0d"
+
+LOG_DAG = """
+import pendulum
+from airflow.sdk import DAG
+from airflow_provider_wa019.operators.whatsapp import WhatsAppSendOperator
+
+with DAG("wa019_log_check", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")):
+    WhatsAppSendOperator(task_id="sent", to="972501234567", body="hello", retries=0)
+    WhatsAppSendOperator(task_id="first_contact", to="972520000001", body="hello", retries=0)
+    WhatsAppSendOperator(task_id="revoked_token", to="972501234567", body="hello", wa019_conn_id="wa019_old")
+"""
+
+
+def test_task_log_explains_the_reason_and_never_shows_the_token(tmp_path, airflow_db):
+    (tmp_path / "log_dag.py").write_text(LOG_DAG)
+    with WhatsAppSimulator(token=TOKEN) as sim:
+        sim.open_window(CLIENT)
+        old = json.loads(sim.connection_json(**FAST))
+        old["password"] = OLD_TOKEN
+        env = {
+            "AIRFLOW_CONN_WA019_DEFAULT": sim.connection_json(**FAST),
+            "AIRFLOW_CONN_WA019_OLD": json.dumps(old),
+        }
+        out = airflow_dags_test("wa019_log_check", dags_folder=tmp_path, env=env)
+        sent = [m["unique"] for m in sim.sent]
+    log = out.output
+    assert out.returncode != 0, out  # the revoked token fails the run
+    assert TOKEN not in log
+    assert OLD_TOKEN not in log
+    assert "reason 3 (wrong API token)" in log
+    assert "reason 8 (first message to this contact" in log
+    assert "Skipping this task" in log
+    assert f"accepted, id {sent[0]}" in log
+    assert "to ********4567" in log
