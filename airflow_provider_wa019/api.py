@@ -7,7 +7,8 @@ drift apart. Pure Python: no Airflow, no HTTP library.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from types import MappingProxyType
@@ -41,6 +42,24 @@ HEADER_IMAGE = 3
 HEADER_VIDEO = 4
 HEADER_DOCUMENT = 5
 MEDIA_HEADER_TYPES = frozenset({HEADER_IMAGE, HEADER_VIDEO, HEADER_DOCUMENT})
+HEADER_TYPES = frozenset({HEADER_NONE}) | MEDIA_HEADER_TYPES
+
+#: ``{{1}}`` ... ``{{10}}`` in a template body; WhatsApp numbers them from 1 without gaps.
+PLACEHOLDER_RE = re.compile(r"\{\{\s*([0-9]+)\s*\}\}")
+#: Meta's template statuses that cannot be sent (compared case-insensitively). Anything else,
+#: including a status this list does not know, is left for the API to judge.
+UNSENDABLE_TEMPLATE_STATUSES = frozenset(
+    {
+        "pending",
+        "rejected",
+        "paused",
+        "disabled",
+        "in_appeal",
+        "pending_deletion",
+        "deleted",
+        "limit_exceeded",
+    }
+)
 
 
 class Reason(IntEnum):
@@ -86,6 +105,42 @@ def send_payload(sender: str, to: str, body: str, reply_to: str | None = None) -
     return payload
 
 
+def template_payload(
+    sender: str,
+    to: str,
+    name: str,
+    variables: Sequence[str] = (),
+    header_type: int = HEADER_NONE,
+    header_link: str | None = None,
+) -> dict[str, Any]:
+    """The JSON body of a template send, from already validated values.
+
+    ``headerType`` is always sent (1 when there is no media header); ``headerLink`` only with a
+    media header; ``bodyVariable1`` ... ``bodyVariableN`` fill ``{{1}}`` ... ``{{N}}``.
+    """
+    payload: dict[str, Any] = {"from": sender, "to": to, "name": name, "headerType": header_type}
+    if header_link is not None:
+        payload["headerLink"] = header_link
+    for number, value in enumerate(variables, start=1):
+        payload[f"bodyVariable{number}"] = value
+    return payload
+
+
+def fill_template(body: str, variables: Sequence[str]) -> str:
+    """``body`` with ``{{n}}`` replaced by ``variables[n - 1]`` (placeholders without a value stay)."""
+
+    def value(match: re.Match[str]) -> str:
+        index = int(match.group(1))
+        return variables[index - 1] if 1 <= index <= len(variables) else match.group(0)
+
+    return PLACEHOLDER_RE.sub(value, body)
+
+
+def count_placeholders(body: str) -> int:
+    """How many variables a template body takes: its highest ``{{n}}`` (0 when none)."""
+    return max((int(n) for n in PLACEHOLDER_RE.findall(body)), default=0)
+
+
 # --- Responses ------------------------------------------------------------------------------
 
 
@@ -126,6 +181,88 @@ class SendResult:
             "conversation_time_left_minutes": _minutes(self.conversation_time_left),
             "raw": dict(self.raw),
         }
+
+
+@dataclass(frozen=True)
+class WhatsAppTemplate:
+    """One approved (or pending...) template of the account, as the template listing describes it.
+
+    Pass it to :meth:`~airflow_provider_wa019.hooks.whatsapp.WhatsAppHook.send_template` instead
+    of the bare name and the variables are checked against its body before anything is sent.
+
+    :ivar template_id: the vendor's ``templateId``.
+    :ivar name: what a template send names (``name``).
+    :ivar language: e.g. ``"he"``, ``"en_US"``; None if not reported.
+    :ivar body: the text with ``{{1}}`` ... ``{{10}}`` placeholders; None if not reported.
+    :ivar status: e.g. ``"approved"``; None if not reported.
+    :ivar variable_count: values the body takes (its highest placeholder number; 0 without a body).
+    :ivar raw: the listing's entry as decoded (footer, buttons, category...), read-only.
+    """
+
+    template_id: str
+    name: str
+    language: str | None
+    body: str | None
+    status: str | None
+    variable_count: int = field(init=False)
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Derived, not passed: it can never disagree with the body.
+        object.__setattr__(self, "variable_count", count_placeholders(self.body or ""))
+        object.__setattr__(self, "raw", MappingProxyType(dict(self.raw)))
+
+    @property
+    def sendable(self) -> bool:
+        """False when the status says the template cannot be sent (pending, rejected...)."""
+        return (self.status or "").strip().lower() not in UNSENDABLE_TEMPLATE_STATUSES
+
+    def render(self, variables: Sequence[str]) -> str | None:
+        """The message text the client would read with these variables (None without a body)."""
+        return None if self.body is None else fill_template(self.body, variables)
+
+
+def parse_templates_response(http_status: int, content: bytes) -> list[WhatsAppTemplate]:
+    """Turn a get-phone-templates answer into template objects.
+
+    :raises WhatsAppAPIError: ``success`` is not true (reason 2: the phone is not an account of
+        this token, unless the answer names its own ``reason``).
+    :raises WhatsAppResponseError: the body is not the documented JSON.
+    """
+    data = decode_json_object(http_status, content)
+    if data.get("success") is not True:
+        message = data.get("message")
+        reason = _reason(data.get("reason")) or Reason.BAD_SENDER_OR_JSON
+        raise WhatsAppAPIError(
+            reason,
+            response=data,
+            http_status=http_status,
+            detail=f"template listing: {message}" if isinstance(message, str) else "template listing refused",
+        )
+    entries = data.get("templates")
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise WhatsAppResponseError("'templates' is not a list", http_status=http_status, body=content)
+    templates = []
+    for entry in entries:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name:
+            raise WhatsAppResponseError(
+                f"a template entry has no name: {entry!r}"[:200], http_status=http_status, body=content
+            )
+        body = entry.get("body")
+        templates.append(
+            WhatsAppTemplate(
+                template_id=_text(entry.get("templateId", entry.get("id"))) or "",
+                name=name,
+                language=_text(entry.get("language")),
+                body=body if isinstance(body, str) else None,
+                status=_text(entry.get("status")),
+                raw=entry,
+            )
+        )
+    return templates
 
 
 def decode_json_object(http_status: int, content: bytes) -> dict[str, Any]:
@@ -185,7 +322,8 @@ def _reason(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    # ASCII digits only ("²".isdigit() is true but int() refuses it), and a code-sized number.
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value) < 20:
         return int(value)
     return None
 

@@ -94,6 +94,8 @@ class WhatsAppDeliveryUnknownError(WhatsAppError):
 
     def __init__(self, message: str, *, http_status: int | None = None) -> None:
         self.http_status = http_status
+        #: What went wrong, without the "may have been sent" conclusion (read-only calls reuse it).
+        self.detail = message
         super().__init__(f"delivery unknown: {message}; the message may or may not have been sent")
 
 

@@ -37,6 +37,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_wa019.operators.whatsapp"],
             }
         ],
+        "notifications": ["airflow_provider_wa019.notifications.whatsapp.WhatsAppNotifier"],
         "connection-types": [
             {
                 "connection-type": "wa019",

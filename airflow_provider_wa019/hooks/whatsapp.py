@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 from airflow.providers.common.compat.sdk import BaseHook
@@ -25,9 +26,12 @@ from airflow_provider_wa019.api import (
     TEMPLATES_PATH,
     Reason,
     SendResult,
+    WhatsAppTemplate,
     decode_json_object,
     parse_send_response,
+    parse_templates_response,
     send_payload,
+    template_payload,
 )
 from airflow_provider_wa019.exceptions import (
     WhatsAppAPIError,
@@ -36,13 +40,18 @@ from airflow_provider_wa019.exceptions import (
     WhatsAppError,
     WhatsAppResponseError,
     WhatsAppTransientError,
+    WhatsAppValidationError,
 )
 from airflow_provider_wa019.validation import (
     mask_number,
     normalize_number,
     validate_body,
+    validate_header,
     validate_optional_text,
     validate_region,
+    validate_template_fit,
+    validate_template_name,
+    validate_template_variables,
 )
 
 DEFAULT_TIMEOUT = (5.0, 30.0)
@@ -53,6 +62,10 @@ DEFAULT_MAX_RETRY_WAIT = 30.0
 # Answers that mean "not processed, come back later": a rate limit, or a gateway/overload error
 # raised in front of the application. Retrying them cannot duplicate a message.
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+
+#: Kept-alive connections per host in the session's pool. Callers sending from several threads at
+#: once (the bulk operator) stay at or below it, or connections beyond it are opened and dropped.
+POOL_MAXSIZE = 32
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,11 @@ class WhatsAppHook(BaseHook):
     conn_type = "wa019"
     hook_name = "019sms WhatsApp"
 
+    #: Level of the two per-message lines ("Sending ...", "... accepted"). The bulk operator lowers
+    #: it to DEBUG on its own hook: thousands of recipients would flood the task log, which gets
+    #: periodic progress lines instead. Warnings (reason 6 retries) keep their level.
+    message_log_level: int = logging.INFO
+
     def __init__(
         self,
         wa019_conn_id: str = default_conn_name,
@@ -142,6 +160,9 @@ class WhatsAppHook(BaseHook):
         self.wa019_conn_id = wa019_conn_id
         self._timeout_override = timeout
         self._max_attempts_override = max_attempts
+        # Template listings by sender phone, read at most once per hook (send_template's
+        # check_template=True): a bulk send checks thousands of messages against one GET.
+        self._template_cache: dict[str, list[WhatsAppTemplate]] = {}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} conn_id={self.wa019_conn_id!r}>"
@@ -220,7 +241,7 @@ class WhatsAppHook(BaseHook):
             raise_on_status=False,
         )
         retry.max_retry_after = cfg.max_retry_wait
-        adapter = HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=32)
+        adapter = HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=POOL_MAXSIZE)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
@@ -235,6 +256,37 @@ class WhatsAppHook(BaseHook):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """The connection form's standard fields, for Airflow before 3.2.
+
+        Airflow 3.2+ builds the form from provider info alone and never calls this; older
+        releases only ask the hook. Both read the one declaration in ``get_provider_info``.
+        """
+        behaviour = _connection_form_info()["ui-field-behaviour"]
+        return {
+            "hidden_fields": list(behaviour["hidden-fields"]),
+            "relabeling": dict(behaviour["relabeling"]),
+            "placeholders": dict(behaviour["placeholders"]),
+        }
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The connection form's extra fields, for Airflow before 3.2 (see above).
+
+        Text inputs: the hook reads numbers given as text, so one widget type serves all.
+        """
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import StringField
+
+        return {
+            name: StringField(
+                lazy_gettext(spec["label"]), widget=BS3TextFieldWidget(), description=spec.get("description", "")
+            )
+            for name, spec in _connection_form_info()["conn-fields"].items()
+        }
 
     def get_conn(self) -> requests.Session:
         """The hook's HTTP session (Airflow's generic hook interface)."""
@@ -273,6 +325,107 @@ class WhatsAppHook(BaseHook):
         )
         return self._post_message(cfg.send_path, payload)
 
+    def send_template(
+        self,
+        to: str,
+        template: str | WhatsAppTemplate,
+        variables: Sequence[str] = (),
+        *,
+        header_type: int | None = None,
+        header_link: str | None = None,
+        sender: str | None = None,
+        check_template: bool = False,
+    ) -> SendResult:
+        """Send an approved template message; allowed whether the 24 h window is open or not.
+
+        Checked before any request: ``to`` and ``sender`` numbers, at most 10 non-blank
+        ``variables``, a known ``header_type`` and an https ``header_link`` for a media header.
+        When the template's body is known, also: one value per ``{{n}}`` placeholder, the
+        filled-in text within 1024 characters, and a sendable status. The body is known when
+
+        * ``template`` is a :class:`~airflow_provider_wa019.api.WhatsAppTemplate` (from
+          :meth:`get_templates`): no extra request; or
+        * ``check_template=True``: the sender's templates are listed once per hook (cached;
+          one read-only GET, however many sends follow) and ``template`` looked up by name.
+          A name the listing does not hold is refused before sending.
+
+        With a bare name and ``check_template=False`` (the default) the API itself judges the
+        count and length: no listing request is made on every send.
+
+        :param to: the recipient (same forms as :meth:`send_message`).
+        :param template: the template's name, or a template object.
+        :param variables: values for ``{{1}}`` ... ``{{10}}``, in order (numbers become text).
+        :param header_type: 1 (none, the default), 3 image, 4 video, 5 document.
+        :param header_link: https URL of the header's media (with ``header_type`` 3, 4 or 5).
+        :param sender: the ``from`` account; defaults to the connection's ``sender``.
+        :param check_template: look the name up in the sender's template listing first.
+        :return: the accepted message, with its ``unique`` id.
+        :raises: the same errors as :meth:`send_message`.
+        """
+        cfg = self.settings
+        sender_number = self._sender(sender)
+        to_number = normalize_number(to, field="to", region=cfg.default_region)
+        if isinstance(template, WhatsAppTemplate):
+            name = validate_template_name(template.name)
+            known: list[WhatsAppTemplate] = [template]
+        else:
+            name = validate_template_name(template)
+            known = []
+        values = validate_template_variables(variables)
+        header, link = validate_header(header_type, header_link)
+        if check_template and not known:
+            known = self._templates_named(name, sender_number)
+        for candidate in known:
+            validate_template_fit(candidate, values)
+        payload = template_payload(sender_number, to_number, name, values, header, link)
+        return self._post_message(cfg.template_path, payload)
+
+    def get_templates(
+        self, template_id: str | int | None = None, *, phone: str | None = None
+    ) -> list[WhatsAppTemplate]:
+        """The account's WhatsApp templates (read-only; sends nothing).
+
+        :param template_id: only this template (the list then holds one or none).
+        :param phone: the account whose templates to list; defaults to the connection's sender.
+        :return: typed, immutable templates, in the API's order.
+        :raises WhatsAppAPIError: token refused (3) or the phone is not an account (2).
+        :raises WhatsAppTransientError: the API could not be reached, after the retries.
+        :raises WhatsAppResponseError: the answer was not the documented JSON.
+        """
+        cfg = self.settings
+        number = (
+            self._sender(None)
+            if phone is None
+            else normalize_number(phone, field="phone", region=cfg.default_region)
+        )
+        path = cfg.templates_path.format(phone=number)
+        if template_id is not None:
+            if isinstance(template_id, bool) or not str(template_id).strip():
+                raise WhatsAppValidationError("template_id", template_id, "expected a non-empty id")
+            path = f"{path.rstrip('/')}/{quote(str(template_id).strip(), safe='')}"
+        try:
+            response = self._request("GET", cfg.base_url + path)
+        except WhatsAppDeliveryUnknownError as err:
+            # A listing sends nothing: "delivery unknown" would mislead, and asking again is safe.
+            raise WhatsAppTransientError(
+                f"template listing: {err.detail}; nothing was sent", http_status=err.http_status
+            ) from err
+        return parse_templates_response(response.status_code, response.content)
+
+    def _templates_named(self, name: str, sender: str) -> list[WhatsAppTemplate]:
+        if sender not in self._template_cache:
+            self._template_cache[sender] = self.get_templates(phone=sender)
+        templates = self._template_cache[sender]
+        # Several languages may share a name; the send names no language, so check them all.
+        matches = [t for t in templates if t.name == name]
+        if not matches:
+            names = sorted({t.name for t in templates})
+            known = ", ".join(names) or "none"
+            raise WhatsAppValidationError(
+                "template", name, f"sender {sender} has no such template (it has: {known})"
+            )
+        return matches
+
     def _sender(self, sender: str | None) -> str:
         if sender is not None:
             return normalize_number(sender, field="sender", region=self.settings.default_region)
@@ -288,7 +441,13 @@ class WhatsAppHook(BaseHook):
         url = cfg.base_url + path
         masked = mask_number(payload["to"])
         for attempt in range(1, cfg.max_attempts + 1):
-            self.log.info("Sending WhatsApp message to %s (try %d of %d)", masked, attempt, cfg.max_attempts)
+            self.log.log(
+                self.message_log_level,
+                "Sending WhatsApp message to %s (try %d of %d)",
+                masked,
+                attempt,
+                cfg.max_attempts,
+            )
             response = self._request("POST", url, json=payload)
             try:
                 result = parse_send_response(response.status_code, response.content)
@@ -301,7 +460,9 @@ class WhatsAppHook(BaseHook):
                 self.log.warning("019sms answered reason 6 (%s); trying again in %.2f s", err.meaning, delay)
                 time.sleep(delay)
                 continue
-            self.log.info("WhatsApp message to %s accepted, id %s", masked, result.unique)
+            self.log.log(
+                self.message_log_level, "WhatsApp message to %s accepted, id %s", masked, result.unique
+            )
             return result
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
@@ -318,6 +479,10 @@ class WhatsAppHook(BaseHook):
             response = self.session.request(method, url, timeout=cfg.timeout, allow_redirects=False, **kwargs)
         except requests.RequestException as exc:
             raise _transport_error(exc, url, cfg) from exc
+        if cfg.token.encode() in response.content:
+            # An answer that echoes our Authorization header (a gateway's debug page, a "bad
+            # request" quoting it) would carry the token into errors, logs and XCom: blank it.
+            response._content = response.content.replace(cfg.token.encode(), b"***")
         status = response.status_code
         if status in (401, 403):
             # A refused token: retrying cannot help and would only repeat the refusal.
@@ -368,6 +533,13 @@ class WhatsAppHook(BaseHook):
         return True, f"token accepted; sender {cfg.sender} has {count} WhatsApp template(s)"
 
 
+def _connection_form_info() -> dict[str, Any]:
+    from airflow_provider_wa019.get_provider_info import get_provider_info
+
+    [info] = [c for c in get_provider_info()["connection-types"] if c["connection-type"] == WhatsAppHook.conn_type]
+    return info
+
+
 class _ExtraReader:
     """Typed access to connection extras. A ``null`` or empty value means "not set": Airflow's
     connection form saves empty extra fields as ``null``."""
@@ -378,6 +550,9 @@ class _ExtraReader:
 
     def get(self, name: str, types: type | tuple[type, ...]) -> Any:
         value = self._extra.get(name)
+        if value is None or value == "":
+            # Forms of Airflow before 3.2 may store extra fields under a prefixed name.
+            value = self._extra.get(f"extra__wa019__{name}")
         if value is None or value == "":
             return None
         if not isinstance(value, types) or isinstance(value, bool):
@@ -451,6 +626,9 @@ def _transport_error(exc: requests.RequestException, url: str, cfg: WhatsAppSett
         )
     if isinstance(exc, requests.ReadTimeout):
         return WhatsAppDeliveryUnknownError(f"no answer from {where} within {cfg.timeout[1]} s")
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
+        # The answer broke off mid-body (or could not be decoded): the request was processed.
+        return WhatsAppDeliveryUnknownError(f"the answer from {where} broke off mid-body ({exc.__class__.__name__})")
     if isinstance(exc, requests.exceptions.SSLError):
         return WhatsAppConfigError(
             f"TLS handshake with {where} failed ({exc.__class__.__name__}); nothing was sent"

@@ -145,6 +145,7 @@ class _Fault:
     body: bytes | None = None
     content_type: str | None = None
     path: str | None = None
+    to: str | None = None
 
 
 @dataclass
@@ -486,8 +487,10 @@ class WhatsAppSimulator:
         body: str | bytes | None = None,
         content_type: str | None = None,
         path: str | None = None,
+        to: str | None = None,
     ) -> None:
-        """Make the next ``n`` API requests (only those under ``path``, when given) fail this way.
+        """Make the next ``n`` API requests (only those under ``path``, and only those whose JSON
+        ``to`` is ``to``, when given) fail this way.
 
         * ``reason=6``: HTTP 200 ``{"status": "FAIL", "reason": 6, "message": ...}`` (any code).
         * ``status=429`` / 500 / 502 / 503 / ...: that HTTP status with a small JSON body;
@@ -500,6 +503,7 @@ class WhatsAppSimulator:
           body starts with ``<``, else JSON.
 
         Faults are queued: several calls line up in order. Control requests never consume them.
+        ``to`` ties a fault to one recipient, so a bulk send's order does not matter.
         """
         if n < 1:
             raise ValueError("n must be at least 1")
@@ -515,6 +519,7 @@ class WhatsAppSimulator:
             body=raw,
             content_type=content_type,
             path=path,
+            to=str(to).lstrip("+") if to is not None else None,
         )
         with self._lock:
             self._faults.append(fault)
@@ -599,10 +604,14 @@ class WhatsAppSimulator:
             contact = self._contacts[key] = _Contact()
         return contact
 
-    def _take_fault(self, path: str) -> _Fault | None:
+    def _take_fault(self, path: str, raw: bytes = b"") -> _Fault | None:
         with self._lock:
+            to: Any = None
+            if any(f.to is not None for f in self._faults):  # parse the body only when a fault needs it
+                with contextlib.suppress(ValueError, AttributeError):
+                    to = json.loads(raw).get("to")
             for i, fault in enumerate(self._faults):
-                if _path_matches(fault.path, path):
+                if _path_matches(fault.path, path) and (fault.to is None or fault.to == to):
                     fault.remaining -= 1
                     if fault.remaining <= 0:
                         del self._faults[i]
@@ -627,7 +636,7 @@ class WhatsAppSimulator:
         """Handle one API request end to end, recording it *before* the answer is written, so a
         client that got its answer always finds its request in ``sim.requests``."""
         received_at = self.now()
-        fault = self._take_fault(path)
+        fault = self._take_fault(path, raw)
         self._acquire_slot()
         try:
             if self._latency > 0:

@@ -1,0 +1,199 @@
+"""WhatsApp alerts from Airflow callbacks: ``on_failure_callback=send_whatsapp_notification(...)``.
+
+Imported by DAG files at every parse, so it imports only Airflow's task SDK; the hook (with
+requests and phonenumbers) loads when a notification is sent.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import BaseNotifier
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_wa019.api import SendResult
+    from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
+
+#: Used when neither ``body`` nor ``template`` is given. Written to render in any callback
+#: context: DAG-level and deadline callbacks have no ``ti``, and Airflow's Jinja is strict about
+#: undefined names.
+DEFAULT_BODY = (
+    "*Airflow*: "
+    "{% if ti is defined and ti %}task {{ ti.task_id }} of {% endif %}"
+    "DAG {% if dag is defined and dag %}{{ dag.dag_id }}{% elif dag_run is defined and dag_run %}"
+    "{{ dag_run.dag_id }}{% else %}?{% endif %}"
+    # ti.state is a TaskInstanceState enum, which renders as "TaskInstanceState.FAILED".
+    "{% if ti is defined and ti and ti.state %} is *{{ ti.state.value if ti.state.value is defined"
+    " else ti.state }}*{% endif %}"
+    "{% if run_id is defined and run_id %}\nRun: {{ run_id }}"
+    "{% elif dag_run is defined and dag_run and dag_run.run_id is defined %}\nRun: {{ dag_run.run_id }}{% endif %}"
+    "{% if ti is defined and ti %} (try {{ ti.try_number }}){% endif %}"
+    "{% if exception is defined and exception %}\nError: {{ exception | string | truncate(300) }}{% endif %}"
+    "{% if deadline is defined and deadline %}\nDeadline missed: {{ deadline.deadline_time }}{% endif %}"
+    "{% if ti is defined and ti %}\nLog: {{ ti.log_url }}{% endif %}"
+)
+
+# The 24 h window is closed (7) or never opened (8): only a template can reach the recipient.
+_FALLBACK_REASONS = frozenset({7, 8})
+# A refused token: every other recipient would get the same answer. (Reason 2 is left out: from
+# the template endpoint it may be about the template, and one request per recipient is cheap.)
+_CONNECTION_REASONS = frozenset({3})
+
+
+class WhatsAppNotifier(BaseNotifier):
+    """Send a WhatsApp message from an Airflow callback (task or DAG level, deadline alerts).
+
+    ::
+
+        WhatsAppSendOperator(..., on_failure_callback=send_whatsapp_notification(
+            to=["+972 50-123-4567", "+972 52-765-4321"],
+            body="{{ dag.dag_id }}.{{ ti.task_id }} failed: {{ exception }}\\n{{ ti.log_url }}",
+        ))
+
+    ``body`` and ``variables`` are Jinja templates rendered with the callback's context
+    (``dag``, ``ti``, ``run_id``, ``logical_date``, ``exception``, ``params`` ...); without
+    ``body`` and ``template`` a default text names the DAG, task, state, run, try, error and
+    log URL. Which message goes out:
+
+    * ``body`` only: a free-form message (reaches only recipients who wrote in the last 24 h);
+    * ``template`` only: that approved template with ``variables`` (reaches anyone);
+    * both: the free-form message, and the template to a recipient who refused it with
+      reason 7 or 8 (window closed).
+
+    Failures never reach Airflow: each is logged with the API's reason (e.g. ``reason 3
+    (wrong API token)``) and the task or DAG run keeps the state it had. One hook, so one HTTP
+    session, serves all recipients of one notification; a refusal that concerns the
+    connection (reason 3, a missing token or sender) stops the remaining sends.
+
+    :param to: one recipient number or a list of them (templated; a string rendering to a list
+        literal or to comma-separated numbers also means several).
+    :param body: the message text (templated), at most 4096 characters once rendered (longer
+        text is cut, so that an alert with a long traceback still goes out).
+    :param template: name of an approved template (templated).
+    :param variables: values for the template's ``{{1}}`` ... ``{{10}}`` (each templated).
+    :param sender: the ``from`` account (templated); defaults to the connection's ``sender``.
+    :param wa019_conn_id: the Airflow connection of type ``wa019``.
+    """
+
+    template_fields: Sequence[str] = ("to", "body", "template", "variables", "sender", "wa019_conn_id")
+
+    def __init__(
+        self,
+        *,
+        to: str | Sequence[str],
+        body: str | None = None,
+        template: str | None = None,
+        variables: Sequence[str] = (),
+        sender: str | None = None,
+        wa019_conn_id: str = "wa019_default",
+        **kwargs: Any,
+    ) -> None:
+        # kwargs carries ``context`` when Airflow builds the notifier itself (deadline alerts,
+        # Airflow >= 3.1); older BaseNotifiers take no arguments, hence only when given.
+        super().__init__(**kwargs)
+        if not isinstance(to, str) and not (
+            isinstance(to, Sequence) and to and all(isinstance(n, str) for n in to)
+        ):
+            raise TypeError("to must be a phone number or a non-empty list of phone numbers")
+        self.to = to
+        self.body = DEFAULT_BODY if body is None and template is None else body
+        self.template = template
+        self.variables = variables
+        self.sender = sender
+        self.wa019_conn_id = wa019_conn_id
+
+    def __call__(self, *args: Any) -> None:
+        """Render and send; log, never raise, whatever goes wrong (rendering included)."""
+        # BaseNotifier renders template fields in place. One notifier object is often shared by
+        # many tasks (default_args) that run in one process (dag.test()): work on a copy so the
+        # next callback renders the Jinja source again, not the previous task's text.
+        notifier = copy.copy(self)
+        try:
+            super(WhatsAppNotifier, notifier).__call__(*args)
+        except Exception as err:
+            self.log.error("WhatsApp notification not sent: %s: %s", type(err).__name__, err)
+
+    def get_template_env(self, dag: Any = None) -> Any:
+        """The DAG's Jinja environment, or Airflow's default one when the DAG cannot make one."""
+        # Airflow 3.3.2's dag.test() hands DAG-level callbacks a SerializedDAG, which has no
+        # get_template_env: render with the default environment (no DAG macros) rather than fail.
+        if dag is not None and not callable(getattr(dag, "get_template_env", None)):
+            dag = None
+        return super().get_template_env(dag=dag)
+
+    def notify(self, context: Context) -> None:
+        """Send the rendered message to every recipient (called by ``__call__``)."""
+        from airflow_provider_wa019.exceptions import WhatsAppAPIError, WhatsAppConfigError, WhatsAppError
+        from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
+        from airflow_provider_wa019.validation import mask_number
+
+        recipients = _recipients(self.to)
+        if not recipients:
+            self.log.error("WhatsApp notification not sent: 'to' rendered to no recipient (%r)", self.to)
+            return
+        sent = 0
+        try:
+            with WhatsAppHook(self.wa019_conn_id) as hook:
+                for number in recipients:
+                    shown = mask_number(str(number))
+                    try:
+                        result, sent_as = self._send_one(hook, number)
+                    except WhatsAppError as err:
+                        self.log.error("WhatsApp notification to %s not sent: %s", shown, err)
+                        if isinstance(err, WhatsAppConfigError) or (
+                            isinstance(err, WhatsAppAPIError) and err.reason in _CONNECTION_REASONS
+                        ):
+                            self.log.error("Not trying the other recipients: the connection is at fault")
+                            break
+                        continue
+                    sent += 1
+                    self.log.info(
+                        "WhatsApp notification sent to %s as %s, id %s", shown, sent_as, result.unique
+                    )
+        except Exception as err:  # a bug or an unforeseen failure: still never into Airflow
+            self.log.error("WhatsApp notification failed: %s: %s", type(err).__name__, err)
+        if sent < len(recipients):
+            self.log.warning("WhatsApp notification reached %d of %d recipient(s)", sent, len(recipients))
+
+    def _send_one(self, hook: WhatsAppHook, number: str) -> tuple[SendResult, str]:
+        from airflow_provider_wa019.api import MAX_BODY_CHARS
+        from airflow_provider_wa019.exceptions import WhatsAppAPIError
+        from airflow_provider_wa019.operators.whatsapp import template_variables
+
+        if self.body is not None:
+            body = str(self.body)
+            if len(body) > MAX_BODY_CHARS:
+                body = body[: MAX_BODY_CHARS - 1] + "…"
+            try:
+                return hook.send_message(number, body, sender=self.sender), "message"
+            except WhatsAppAPIError as err:
+                if not self.template or err.reason not in _FALLBACK_REASONS:
+                    raise
+                self.log.info(
+                    "Window closed for this recipient (reason %d): sending the template", err.reason
+                )
+        result = hook.send_template(
+            number, self.template, template_variables(self.variables), sender=self.sender
+        )
+        return result, "template"
+
+
+def _recipients(value: Any) -> list[str]:
+    # A templated ``to`` renders to text: a list literal (from an XCom or Variable list) or
+    # comma-separated numbers mean several recipients. Phone numbers never contain commas.
+    if not isinstance(value, str):
+        return [str(n) for n in value]
+    from airflow_provider_wa019.operators.whatsapp import template_variables
+
+    parsed = template_variables(value)
+    if len(parsed) == 1 and "," in value and not value.lstrip().startswith(("[", "(")):
+        parsed = value.split(",")
+    return [str(n).strip() for n in parsed if str(n).strip()]
+
+
+#: Snake-case alias, so callbacks read naturally: ``on_failure_callback=send_whatsapp_notification(...)``.
+send_whatsapp_notification = WhatsAppNotifier
