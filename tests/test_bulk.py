@@ -1,0 +1,687 @@
+"""WhatsAppBulkSendOperator and its engine (``airflow_provider_wa019.bulk``).
+
+Operator tests run real DAGs (``dag.test()``) against the simulator; what was sent is read from
+the simulator's request log, never from the code under test. Under ``dag.test()`` retries run to
+the end: a retryable failure with ``retries=1`` ends ``failed`` with try number 2, a failure
+without retry ends ``failed`` with try number 1.
+
+The progress ledger lives in ``context["task_state_store"]`` (Airflow 3.3+), which ``dag.test()``
+keeps in the test metadata DB across tries, like a real deployment does. On older Airflow (the
+suite also runs on the lowest supported version) the tests that need it are skipped, and
+``test_without_task_state_store_the_task_is_never_retried`` runs instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+import threading
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from uuid import UUID
+
+import pendulum
+import pytest
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
+from airflow.sdk import DAG, task
+from airflow_support import airflow_dags_test, run_dag
+
+from airflow_provider_wa019.api import SEND_PATH, TEMPLATE_PATH
+from airflow_provider_wa019.bulk import (
+    MAX_CONCURRENCY,
+    BulkReport,
+    BulkSender,
+    MemoryLedgerStore,
+    Outcome,
+    ProgressLedger,
+    format_progress,
+    parse_recipients,
+    scrub,
+    task_state_store_of,
+)
+from airflow_provider_wa019.hooks.whatsapp import POOL_MAXSIZE, WhatsAppHook
+from airflow_provider_wa019.operators import whatsapp as operators
+from airflow_provider_wa019.operators.whatsapp import WhatsAppBulkSendOperator
+from airflow_provider_wa019.testing import WhatsAppSimulator
+
+START = pendulum.datetime(2026, 1, 1, tz="UTC")
+# Quick hook retries; a read timeout long enough for the delayed answers some tests inject.
+FAST = {"backoff_factor": 0.01, "max_retry_wait": 0.1, "timeout": [1, 3]}
+SUCCESS, SKIPPED, FAILED = "success", "skipped", "failed"
+RETRY_FAST = {"retry_delay": timedelta(milliseconds=1)}
+try:
+    from airflow.sdk import NEVER_EXPIRE  # noqa: F401  (arrived with task_state_store, Airflow 3.3)
+
+    HAS_STATE_STORE = True
+except ImportError:
+    HAS_STATE_STORE = False
+needs_state_store = pytest.mark.skipif(not HAS_STATE_STORE, reason="task_state_store arrived in Airflow 3.3")
+EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"
+
+
+@pytest.fixture
+def sim(wa019_simulator: WhatsAppSimulator, wa019_env) -> WhatsAppSimulator:
+    wa019_env(
+        host=wa019_simulator.base_url, password=wa019_simulator.token, sender=wa019_simulator.sender, **FAST
+    )
+    return wa019_simulator
+
+
+def numbers(count: int, prefix: str = "97250") -> list[str]:
+    return [f"{prefix}{i:07d}" for i in range(count)]
+
+
+def open_windows(sim: WhatsAppSimulator, nums: list[str]) -> list[str]:
+    for number in nums:
+        sim.open_window(number)
+    return nums
+
+
+def sends_per_number(sim: WhatsAppSimulator, path: str = SEND_PATH) -> Counter[str]:
+    return Counter(r.json["to"] for r in sim.requests_to(path))
+
+
+def bulk_dag(dag_id: str, *, retries: int = 1, **op_kwargs) -> DAG:
+    op_kwargs.setdefault("body", "Hello {{ to }}")
+    with DAG(dag_id, schedule=None, start_date=START) as dag:
+        WhatsAppBulkSendOperator(task_id="bulk", retries=retries, **RETRY_FAST, **op_kwargs)
+    return dag
+
+
+# --------------------------------------------------------------------------------------------
+# Outcomes and task states
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reason6_answers", "state", "try_number", "sent", "failed"),
+    [
+        # Reason 6 on every try: each try finishes the others, then asks for a retry; the last fails.
+        (6, FAILED, 2, 2, {"6": 1}),
+        # Reason 6 only in the first try: the retry delivers it and the task succeeds.
+        (3, SUCCESS, 2, 3, {}),
+    ],
+    ids=["reason 6 persists", "reason 6 clears"],
+)
+@needs_state_store
+def test_mixed_recipients_give_the_summary_and_task_state(
+    sim, airflow_db, reason6_answers, state, try_number, sent, failed
+):
+    flaky, ok1, ok2, closed = open_windows(sim, numbers(4))
+    sim.open_window(closed, at=sim.now().subtract(hours=25))  # window expired: reason 7
+    # The hook tries a message 3 times on reason 6: 3 answers per try.
+    sim.fail_next(reason6_answers, reason=6, to=flaky)
+    recipients = [
+        {"to": flaky, "name": "Flaky"},
+        {"to": "+" + ok1, "name": "Dana"},
+        {"to": ok2, "name": "Noa"},
+        "12345",  # not a possible number: invalid, never sent
+        {"name": "no number"},  # invalid
+        {"to": closed, "name": "Late"},
+    ]
+    dag = bulk_dag("bulk_mixed", recipients=recipients, body="Hi {{ name }}", max_failure_ratio=0.5)
+
+    result = run_dag(dag)
+
+    assert result.tis["bulk"] == (state, try_number)
+    assert result.xcom("bulk") == {
+        "total": 6,
+        "sent": sent,
+        "skipped": {"7": 1},
+        "failed": failed,
+        "invalid": 2,
+        "unknown": 0,
+    }
+    results = result.xcom("bulk", key="results")
+    assert list(results) == [flaky, ok1, ok2, "12345", "recipients[4]", closed]  # full numbers
+    delivered = {m["to"]: m["unique"] for m in sim.sent}
+    assert results[ok1] == {"status": "sent", "unique": delivered[ok1], "reason": 1, "error": None}
+    assert results[closed]["status"] == "skipped"
+    assert results[closed]["reason"] == 7
+    assert results["12345"]["status"] == "invalid"
+    assert results["recipients[4]"]["status"] == "invalid"
+    assert results[flaky]["status"] == ("failed" if failed else "sent")
+    # Confirmed recipients were sent once, although the task ran twice.
+    counts = sends_per_number(sim)
+    assert counts[ok1] == counts[ok2] == 1
+    assert counts[flaky] == (6 if failed else 4)  # 3 hook tries in try 1 (+ 3 or 1 in try 2)
+    assert counts[closed] == 2  # refused, so nothing was delivered: the retry asks again
+    assert "12345" not in counts
+    assert {m["body"] for m in sim.sent} >= {"Hi Dana", "Hi Noa"}
+
+
+def test_failure_ratio_decides_between_success_and_failure(sim, airflow_db):
+    nums = open_windows(sim, numbers(4))
+    sim.fail_next(reason=4, to=nums[0])  # refused: bad recipient, not retryable
+
+    strict = run_dag(bulk_dag("bulk_ratio_strict", recipients=nums))
+    assert strict.tis["bulk"] == (FAILED, 1)  # over max_failure_ratio 0: failed, no retry
+    assert strict.xcom("bulk")["failed"] == {"4": 1}
+
+    sim.reset()
+    open_windows(sim, nums)
+    sim.fail_next(reason=4, to=nums[0])
+    tolerant = run_dag(bulk_dag("bulk_ratio_tolerant", recipients=nums, max_failure_ratio=0.25))
+    assert tolerant.tis["bulk"] == (SUCCESS, 1)
+    assert tolerant.xcom("bulk")["sent"] == 3
+
+
+def test_task_is_skipped_when_every_recipient_was_skipped(sim, airflow_db):
+    expired, stranger = numbers(2)
+    sim.open_window(expired, at=sim.now().subtract(hours=30))  # reason 7; stranger never wrote: 8
+
+    result = run_dag(bulk_dag("bulk_all_skipped", recipients=[expired, stranger]))
+
+    assert result.tis["bulk"] == (SKIPPED, 1)
+    assert result.xcom("bulk")["skipped"] == {"7": 1, "8": 1}
+    assert sim.sent == []
+
+
+def test_refused_token_stops_the_bulk_at_once(sim, airflow_db):
+    nums = open_windows(sim, numbers(30))
+    sim.fail_next(99, reason=3)
+
+    result = run_dag(bulk_dag("bulk_bad_token", recipients=nums, max_concurrency=2))
+
+    assert result.tis["bulk"] == (FAILED, 1)  # a refused token is not retried
+    summary = result.xcom("bulk")
+    # Only the requests already started went out; the rest were never attempted.
+    assert len(sim.requests) <= 1 + 2 * 2
+    assert summary["failed"] == {"3": len(sim.requests), "not_sent": 30 - len(sim.requests)}
+
+
+def test_empty_list_succeeds_without_requests(sim, airflow_db):
+    result = run_dag(bulk_dag("bulk_empty", recipients=[]))
+    assert result.tis["bulk"] == (SUCCESS, 1)
+    assert result.xcom("bulk")["total"] == 0
+    assert sim.requests == []
+
+
+def test_recipients_that_are_not_a_list_fail_without_retry(sim, airflow_db):
+    result = run_dag(bulk_dag("bulk_not_a_list", recipients={"to": "972501234567"}))
+    assert result.tis["bulk"] == (FAILED, 1)
+    assert sim.requests == []
+
+
+@pytest.mark.parametrize("body", ["Hi {{ name", "missing.j2"], ids=["syntax error", "no such file"])
+def test_unusable_body_template_fails_without_retry_or_request(sim, airflow_db, body):
+    result = run_dag(bulk_dag("bulk_bad_body", recipients=open_windows(sim, numbers(2)), body=body))
+    assert result.tis["bulk"] == (FAILED, 1)
+    assert sim.requests == []
+
+
+def test_body_is_rendered_per_recipient_with_the_task_context(sim, airflow_db, tmp_path):
+    dana, noa, nameless = open_windows(sim, numbers(3))
+    (tmp_path / "shipped.j2").write_text(
+        "Hi {{ name }}, order {{ order }} shipped on {{ ds }} ({{ params.shop }})"
+    )
+    with DAG(
+        "bulk_render",
+        schedule=None,
+        start_date=START,
+        template_searchpath=str(tmp_path),
+        params={"shop": "Kiosk"},
+    ) as dag:
+
+        @task
+        def shipped() -> list[dict]:
+            return [
+                {"to": dana, "name": "Dana", "order": "A-1"},
+                {"to": noa, "name": "Noa", "order": "{{ not rendered again }}"},
+                {"to": nameless, "order": "C-3"},  # no 'name': StrictUndefined makes it invalid
+            ]
+
+        WhatsAppBulkSendOperator(
+            task_id="bulk", recipients=shipped(), body="shipped.j2", max_failure_ratio=0.5
+        )
+
+    result = run_dag(dag)
+
+    assert result.tis["bulk"] == (SUCCESS, 1)
+    ds = result.logical_date.strftime("%Y-%m-%d")
+    bodies = {m["to"]: m["body"] for m in sim.sent}
+    assert bodies == {
+        dana: f"Hi Dana, order A-1 shipped on {ds} (Kiosk)",
+        noa: f"Hi Noa, order {{{{ not rendered again }}}} shipped on {ds} (Kiosk)",
+    }
+    results = result.xcom("bulk", key="results")
+    assert results[nameless]["status"] == "invalid"
+    assert "name" in results[nameless]["error"]
+
+
+def test_template_bulk_sends_templates_with_per_recipient_variables(sim, airflow_db):
+    sim.add_template("shipped", "Hi {{1}}, order {{2}} shipped")
+    windowless, written = numbers(2)  # templates need no open window
+    sim.open_window(written)
+    recipients = [{"to": windowless, "name": "Dana", "order": 7}, {"to": written, "name": "Noa", "order": 8}]
+    dag = bulk_dag(
+        "bulk_template",
+        recipients=recipients,
+        body=None,
+        template="shipped",
+        variables=["{{ name }}", "#{{ order }}"],
+    )
+
+    result = run_dag(dag)
+
+    assert result.tis["bulk"] == (SUCCESS, 1)
+    assert result.xcom("bulk")["sent"] == 2
+    sent = {m["to"]: m for m in sim.sent}
+    assert sent[windowless]["kind"] == "template"
+    assert sent[windowless]["variables"] == ["Dana", "#7"]
+    assert sent[written]["body"] == "Hi Noa, order #8 shipped"
+    assert sends_per_number(sim, TEMPLATE_PATH) == {windowless: 1, written: 1}
+
+
+def test_example_bulk_dag_runs_against_the_simulator(sim, airflow_db):
+    spec = importlib.util.spec_from_file_location(
+        "wa019_example_bulk", EXAMPLE_DAGS / "example_whatsapp_bulk.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    open_windows(sim, ["972501234567", "972527654321"])
+
+    result = run_dag(module.dag)
+
+    assert result.state == SUCCESS, result.tis
+    assert sorted(m["body"] for m in sim.sent) == [
+        "Hi Dana, your order *A-1001* from Kiosk Ltd has shipped.",
+        "Hi Noa, your order *A-1002* from Kiosk Ltd has shipped.",
+    ]
+    assert result.xcom("notify_shipped")["sent"] == 2
+
+
+# --------------------------------------------------------------------------------------------
+# No duplicates across tries
+# --------------------------------------------------------------------------------------------
+
+
+@needs_state_store
+def test_try_killed_part_way_is_followed_by_a_retry_that_sends_the_rest_once(sim, airflow_db):
+    nums = open_windows(sim, numbers(10))
+    # One at a time, in order; the 5th message hangs for 2 s and Airflow kills the try after 1 s
+    # (execution_timeout raises AirflowTaskTimeout inside execute, as a stopped worker would see
+    # SIGTERM). The hung message's answer still comes within the read timeout, and the ledger
+    # records it on the way out.
+    sim.fail_next(delay=2.0, to=nums[4])
+    dag = bulk_dag(
+        "bulk_killed",
+        recipients=nums,
+        max_concurrency=1,
+        execution_timeout=timedelta(seconds=1),
+    )
+
+    result = run_dag(dag)
+
+    assert result.tis["bulk"] == (SUCCESS, 2)
+    requests = [r.json["to"] for r in sim.requests_to(SEND_PATH)]
+    # Every recipient exactly once: try 1 reached the first five, try 2 only the other five.
+    assert sorted(requests) == sorted(nums)
+    assert set(requests[:5]) == set(nums[:5])
+    assert result.xcom("bulk")["sent"] == 10
+    delivered = {m["to"]: m["unique"] for m in sim.sent}
+    assert {n: r["unique"] for n, r in result.xcom("bulk", key="results").items()} == delivered
+
+
+@needs_state_store
+@pytest.mark.parametrize("resend_unknown", [True, False])
+def test_unknown_delivery_is_resent_only_with_resend_unknown(sim, airflow_db, resend_unknown):
+    unsure, *others = nums = open_windows(sim, numbers(4))
+    sim.fail_next(status=500, to=unsure)  # delivery unknown: the hook does not retry it
+
+    result = run_dag(bulk_dag("bulk_unknown", recipients=nums, resend_unknown=resend_unknown))
+
+    # Try 1 finished the others, then asked for a retry, exactly as a single send would.
+    assert result.tis["bulk"] == (SUCCESS, 2)
+    counts = sends_per_number(sim)
+    assert all(counts[n] == 1 for n in others)
+    summary = result.xcom("bulk")
+    status = result.xcom("bulk", key="results")[unsure]["status"]
+    if resend_unknown:  # at least once
+        assert counts[unsure] == 2
+        assert (summary["sent"], summary["unknown"], status) == (4, 0, "sent")
+    else:  # at most once: reported, never sent again
+        assert counts[unsure] == 1
+        assert (summary["sent"], summary["unknown"], status) == (3, 1, "unknown")
+
+
+@needs_state_store
+def test_a_cleared_and_rerun_task_does_not_send_again(sim, airflow_db):
+    nums = open_windows(sim, numbers(5))
+    dag = bulk_dag("bulk_cleared", recipients=nums, retries=0)
+    first = run_dag(dag)
+    assert first.tis["bulk"] == (SUCCESS, 1)
+
+    state = clear_and_rerun(dag, first.run_id, "bulk")
+
+    assert state == SUCCESS
+    assert sends_per_number(sim) == dict.fromkeys(nums, 1)
+    assert first.xcom("bulk")["sent"] == 5  # the re-run's summary: all sent (by the first run)
+
+
+def clear_and_rerun(dag: DAG, run_id: str, task_id: str) -> str:
+    """Clear a finished task instance as a user would, then run its next try in-process.
+
+    ``dag.test()`` cannot do this: it replaces the whole dag run (and with it the task's state
+    store). Here the run stays; the task instance is cleared with Airflow's own
+    ``clear_task_instances`` and run with the task SDK's in-process supervisor.
+    """
+    from airflow.models.taskinstance import TaskInstance, clear_task_instances
+    from airflow.sdk.api.datamodels._generated import TaskInstance as SdkTaskInstance
+    from airflow.sdk.execution_time.supervisor import run_task_in_process
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState, TaskInstanceState
+    from sqlalchemy import select
+
+    query = select(TaskInstance).where(
+        TaskInstance.dag_id == dag.dag_id, TaskInstance.run_id == run_id, TaskInstance.task_id == task_id
+    )
+    with create_session() as session:
+        clear_task_instances(session.scalars(query).all(), session, dag_run_state=DagRunState.RUNNING)
+    with create_session() as session:
+        ti = session.scalars(query).one()
+        ti.try_number += 1  # what the scheduler does when it queues the cleared task
+        ti.state = TaskInstanceState.QUEUED
+        sdk_ti = SdkTaskInstance(
+            id=UUID(str(ti.id)),
+            task_id=ti.task_id,
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            try_number=ti.try_number,
+            map_index=ti.map_index,
+            dag_version_id=UUID(str(ti.dag_version_id)),
+        )
+    return run_task_in_process(ti=sdk_ti, task=dag.get_task(task_id)).state
+
+
+@pytest.mark.skipif(HAS_STATE_STORE, reason="Airflow 3.3+ has task_state_store")
+def test_without_task_state_store_the_task_is_never_retried(sim, airflow_db):
+    # Airflow < 3.3: no ledger, so a retry could not know whom the first try reached.
+    flaky, ok = open_windows(sim, numbers(2))
+    sim.fail_next(99, reason=6, to=flaky)
+
+    result = run_dag(bulk_dag("bulk_no_store", recipients=[flaky, ok], retries=3))
+
+    assert result.tis["bulk"] == (FAILED, 1)  # retryable, but turned into a failure without retry
+    assert result.xcom("bulk")["failed"] == {"6": 1}
+    assert sends_per_number(sim) == {flaky: 3, ok: 1}  # the hook's own 3 tries, one try of the task
+
+
+LOG_DAG = """
+import pendulum
+from airflow.sdk import DAG
+from airflow_provider_wa019.operators.whatsapp import WhatsAppBulkSendOperator
+
+with DAG("wa019_bulk_log", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")):
+    WhatsAppBulkSendOperator(
+        task_id="bulk",
+        recipients=RECIPIENTS,
+        body="Hi {{ to }}",
+        max_concurrency=2,
+        progress_interval=0.05,
+        max_failure_ratio=1,
+        retries=0,
+    )
+"""
+
+
+def test_task_log_masks_recipients_shows_progress_and_never_the_token(tmp_path, airflow_db):
+    token = "bulk-secret-token-0123456789"
+    with WhatsAppSimulator(token=token, latency=0.01) as sim:
+        nums = open_windows(sim, numbers(30))
+        stranger, refused = "972520000001", nums[0]
+        sim.fail_next(reason=4, to=refused)
+        recipients = [*nums, stranger, "050-123-4567"]  # reason 8; a local number: invalid
+        (tmp_path / "bulk_log_dag.py").write_text(LOG_DAG.replace("RECIPIENTS", repr(recipients)))
+        env = {"AIRFLOW_CONN_WA019_DEFAULT": sim.connection_json(**FAST)}
+        out = airflow_dags_test("wa019_bulk_log", dags_folder=tmp_path, env=env)
+    log = out.output
+    assert out.returncode == 0, out
+    assert token not in log
+    for number in [*recipients, "0501234567"]:
+        assert number not in log, number  # in XCom in full, never in the log
+    assert re.search(r"sent \d+/32, failed \d+, \d+ msg/s, ~\d+ s left", log)
+    assert "sent 29/32, failed 1, " in log  # the last progress line
+    assert f"Recipient {'*' * 8}0000: failed, reason 4" in log
+    assert f"Recipient {'*' * 8}0001: skipped, reason 8" in log
+    assert f"Recipient {'*' * 6}4567: invalid" in log  # 050-123-4567, masked
+    assert "Bulk send done: 29/32 sent, skipped 1 (8: 1), failed 1 (4: 1), 1 invalid" in log
+
+
+# --------------------------------------------------------------------------------------------
+# Concurrency and rate, measured on the simulator's side
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_concurrency", [1, 3])
+def test_at_most_max_concurrency_requests_are_in_flight(sim, airflow_db, max_concurrency):
+    nums = open_windows(sim, numbers(4 * max_concurrency))
+    sim.latency = 0.05  # long enough for the requests of one batch to overlap
+
+    result = run_dag(
+        bulk_dag(f"bulk_conc_{max_concurrency}", recipients=nums, max_concurrency=max_concurrency)
+    )
+
+    assert result.tis["bulk"] == (SUCCESS, 1)
+    assert sim.peak_concurrency == max_concurrency  # reached, never exceeded
+    assert sends_per_number(sim) == dict.fromkeys(nums, 1)
+
+
+def test_rate_limit_holds_in_every_sliding_second(sim, airflow_db):
+    rate, count = 10, 25
+    nums = open_windows(sim, numbers(count))
+
+    result = run_dag(bulk_dag("bulk_rate", recipients=nums, max_concurrency=8, rate_per_second=rate))
+
+    assert result.tis["bulk"] == (SUCCESS, 1)
+    arrivals = sorted(r.received_at.timestamp() for r in sim.requests_to(SEND_PATH))
+    assert len(arrivals) == count
+    # Sends start at most `rate` per sliding second on the client; the simulator stamps arrivals
+    # a little later, by a varying delay. Windows of 0.9 s leave 100 ms for that jitter, and still
+    # catch a per-calendar-second limiter (two bursts back to back) or none at all.
+    busiest = max(sum(1 for t in arrivals[i:] if t - start < 0.9) for i, start in enumerate(arrivals))
+    assert busiest <= rate
+    # And the limit is a limit, not a stall: 25 sends at 10/s take 2 s (two full windows).
+    assert 1.8 <= arrivals[-1] - arrivals[0] < 4
+
+
+# --------------------------------------------------------------------------------------------
+# The engine on its own: ledger, progress lines, masking, stop
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hook(sim) -> WhatsAppHook:
+    with WhatsAppHook() as hook:
+        hook.message_log_level = logging.DEBUG
+        hook.get_conn()  # built once before worker threads share it, as the operator does
+        yield hook
+
+
+def engine(hook: WhatsAppHook, store: MemoryLedgerStore | None = None, **kwargs) -> BulkSender:
+    kwargs.setdefault("log", logging.getLogger("wa019.test_bulk"))
+    return BulkSender(
+        lambda number, body: hook.send_message(number, body),
+        prepare=lambda recipient: "Hello",
+        ledger=ProgressLedger(store),
+        **kwargs,
+    )
+
+
+def test_progress_lines_are_logged_with_rates_and_masked_recipients(sim, hook, caplog):
+    nums = open_windows(sim, numbers(20))
+    recipients, _ = parse_recipients([*nums, "0501234567", {"to": "972599999999"}])
+    sim.latency = 0.02
+    caplog.set_level(logging.INFO, logger="wa019.test_bulk")
+
+    report = engine(hook, max_concurrency=2, progress_seconds=0.05).run(recipients)
+
+    lines = [r.getMessage() for r in caplog.records]
+    progress = [line for line in lines if line.startswith("sent ")]
+    assert len(progress) >= 2
+    for line in progress:
+        assert re.fullmatch(r"sent \d+/22, failed \d+, \d+ msg/s, ~(\d+|\?) s left", line), line
+    assert progress[-1].startswith("sent 20/22, failed 0, ")
+    assert progress[-1].endswith(", ~0 s left")
+    # The invalid local number and the never-opened window are logged, masked.
+    text = "\n".join(lines)
+    assert "*" * 6 + "4567" in text
+    assert "********9999" in text
+    for number in [*nums, "0501234567", "972599999999"]:
+        assert number not in text
+    assert sim.token not in text
+    assert report.summary()["skipped"] == {"8": 1}
+
+
+def test_ledger_chunks_are_appended_and_read_back_by_the_next_try(sim, hook):
+    nums = open_windows(sim, numbers(12))
+    recipients, _ = parse_recipients(nums)
+    store = MemoryLedgerStore()
+
+    first = engine(hook, store).run(recipients[:7])
+    second = engine(hook, store).run(recipients)  # a later try, with the whole list
+
+    assert first.sent_now == 7
+    assert second.sent_now == 5
+    assert sends_per_number(sim) == dict.fromkeys(nums, 1)
+    assert sorted(store.data) == ["wa019_bulk/0", "wa019_bulk/1"]  # one batch per try here
+    assert {n: o.unique for n, o in second.results.items()} == {m["to"]: m["unique"] for m in sim.sent}
+
+
+def test_claims_make_a_hard_killed_try_at_most_once(sim, hook):
+    nums = open_windows(sim, numbers(5))
+    recipients, _ = parse_recipients(nums)
+    store = MemoryLedgerStore()
+    # A try with resend_unknown=False claimed the first three and died (SIGKILL) before writing
+    # any outcome: they may have been delivered.
+    ProgressLedger(store).claim(nums[:3])
+
+    at_most_once = engine(hook, store, resend_unknown=False).run(recipients)
+
+    assert [o.status for o in at_most_once.results.values()] == ["unknown"] * 3 + ["sent"] * 2
+    assert sends_per_number(sim) == dict.fromkeys(nums[3:], 1)
+    # With resend_unknown=True the same leftovers are sent (at least once).
+    at_least_once = engine(hook, store, resend_unknown=True).run(recipients)
+    assert at_least_once.sent_now == 3
+    assert sends_per_number(sim) == dict.fromkeys(nums, 1)
+
+
+def test_refused_claims_are_released_for_the_next_try(sim, hook):
+    closed, ok = numbers(2)
+    sim.open_window(ok)
+    recipients, _ = parse_recipients([closed, ok])
+    store = MemoryLedgerStore()
+
+    engine(hook, store, resend_unknown=False).run(recipients)  # closed: reason 8, released
+    sim.open_window(closed)  # the client wrote back
+    retry = engine(hook, store, resend_unknown=False).run(recipients)
+
+    assert [o.status for o in retry.results.values()] == ["sent", "sent"]
+    assert sends_per_number(sim) == {closed: 2, ok: 1}
+    # Each try claimed `closed` before sending it: at most once holds for the second send too.
+    chunks = [store.get(f"wa019_bulk/{i}") for i in range(len(store.data))]
+    assert [c["claimed"] for c in chunks if "claimed" in c] == [[closed, ok], [closed]]
+    assert chunks[-1]["sent"].keys() == {closed}
+
+
+def test_stop_lets_requests_in_flight_finish_and_records_them(sim, hook):
+    nums = open_windows(sim, numbers(40))
+    recipients, _ = parse_recipients(nums)
+    sim.latency = 0.05
+    store = MemoryLedgerStore()
+    bulk = engine(hook, store, max_concurrency=2)
+    threading.Timer(0.2, bulk.stop).start()
+
+    report = bulk.run(recipients)
+
+    assert report.stopped
+    sent = [n for n, o in report.results.items() if o.status == "sent"]
+    not_sent = [n for n, o in report.results.items() if o.key == "not_sent"]
+    assert 0 < len(sent) < 40
+    assert len(sent) + len(not_sent) == 40
+    assert set(sent) == set(sends_per_number(sim))  # every request that went out is recorded
+    assert ProgressLedger(store).load().keys() == set(sent)
+
+
+# --------------------------------------------------------------------------------------------
+# Small pieces
+# --------------------------------------------------------------------------------------------
+
+
+def test_progress_line_format():
+    assert format_progress(1200, 5000, 3, 180.4, 21.1) == "sent 1200/5000, failed 3, 180 msg/s, ~22 s left"
+    assert format_progress(0, 10, 0, 0.0, None) == "sent 0/10, failed 0, 0 msg/s, ~? s left"
+
+
+def test_recipients_are_parsed_deduplicated_and_kept_in_order():
+    recipients, duplicates = parse_recipients(
+        '["+972 50-123-4567", {"to": "972501234567", "x": 1}, {"to": "0521234567"}, true, {"name": "n"}]'
+    )
+    assert [(r.key, r.number) for r in recipients] == [
+        ("972501234567", "972501234567"),
+        ("0521234567", None),  # a local number needs the connection's default_region
+        ("recipients[3]", None),
+        ("recipients[4]", None),
+    ]
+    assert duplicates == 1
+    assert parse_recipients([{"to": "0521234567", "name": "n"}], region="IL")[0][0].values["name"] == "n"
+    with pytest.raises(ValueError, match="not a list"):
+        parse_recipients("972501234567")
+
+
+def test_scrub_masks_numbers_in_log_text():
+    assert scrub("invalid to '+972 50-123-4567': bad") == "invalid to '********4567': bad"
+    assert (
+        scrub("reason 4 at 12:30, HTTP 503 from 127.0.0.1:8019")
+        == "reason 4 at 12:30, HTTP 503 from 127.0.0.1:8019"
+    )
+    assert scrub("to 0501234567") == "to ******4567"
+
+
+def test_simulator_faults_can_target_one_recipient(sim, hook):
+    first, second = open_windows(sim, numbers(2))
+    sim.fail_next(reason=4, to="+" + second)
+    with pytest.raises(Exception, match="reason 4"):
+        hook.send_message(second, "x")
+    hook.send_message(first, "x")  # not consumed by the other recipient's request
+    assert sim.pending_faults == 0
+
+
+def test_concurrency_cap_matches_the_hook_pool():
+    assert MAX_CONCURRENCY == POOL_MAXSIZE == operators._BULK_MAX_CONCURRENCY
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problem"),
+    [
+        ({}, "exactly one of body"),
+        ({"body": "x", "template": "t"}, "exactly one of body"),
+        ({"body": "x", "variables": ["a"]}, "go with template"),
+        ({"body": "x", "max_concurrency": 0}, "max_concurrency"),
+        ({"body": "x", "max_concurrency": 33}, "max_concurrency"),
+        ({"body": "x", "rate_per_second": 0}, "rate_per_second"),
+        ({"body": "x", "max_failure_ratio": 1.5}, "max_failure_ratio"),
+    ],
+)
+def test_bad_arguments_fail_at_dag_parse_time(kwargs, problem):
+    with pytest.raises(ValueError, match=problem):
+        WhatsAppBulkSendOperator(task_id="t", recipients=[], **kwargs)
+
+
+def test_without_a_task_state_store_a_retryable_ending_is_not_retried():
+    # Airflow 3.0-3.2: no task_state_store in the context, so no ledger.
+    assert task_state_store_of({"ti": object()}) is None
+    op = WhatsAppBulkSendOperator(task_id="t", recipients=[], body="x")
+    report = BulkReport(
+        results={
+            "972501234567": Outcome("sent", unique="u", reason=1, key="1"),
+            "972501234568": Outcome("failed", reason=6, key="6", retryable=True),
+        }
+    )
+    with_ledger = op._bulk_ending(report, report.summary(), durable=True)
+    without = op._bulk_ending(report, report.summary(), durable=False)
+    assert type(with_ledger) is AirflowException  # Airflow's retries apply
+    assert isinstance(without, AirflowFailException)  # a retry could send twice: none
+    assert "task_state_store" in str(without)
