@@ -37,6 +37,28 @@ def test_connection_form_matches_the_provider_yaml_schema():
     assert {"sender", "timeout", "default_region", "send_path"} <= set(conn["conn-fields"])
 
 
+def test_hook_form_methods_for_older_airflow_match_provider_info():
+    # Airflow < 3.2 asks the hook instead of reading provider info: both must say the same.
+    from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
+
+    [conn] = get_provider_info()["connection-types"]
+    behaviour = WhatsAppHook.get_ui_field_behaviour()
+    assert behaviour["hidden_fields"] == conn["ui-field-behaviour"]["hidden-fields"]
+    assert behaviour["relabeling"] == conn["ui-field-behaviour"]["relabeling"]
+    assert behaviour["placeholders"] == conn["ui-field-behaviour"]["placeholders"]
+
+
+def test_prefixed_extras_from_older_forms_are_read(monkeypatch):
+    from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
+
+    extra = {"extra__wa019__sender": "972771234567", "extra__wa019__timeout": "7"}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_WA019_DEFAULT", json.dumps({"conn_type": "wa019", "password": "t", "extra": extra})
+    )
+    settings = WhatsAppHook().settings
+    assert (settings.sender, settings.timeout) == ("972771234567", (7.0, 7.0))
+
+
 def test_everything_named_in_provider_info_imports():
     info = get_provider_info()
     assert info["package-name"] == importlib.metadata.metadata("airflow-provider-wa019")["Name"]
