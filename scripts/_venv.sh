@@ -24,8 +24,10 @@ WA019_DEFAULT_AIRFLOW_VERSION="3.3.2"
 # common-compat (airflow.providers.common.compat.sdk is newer than 3.0.6's own set) and the test
 # tools (the same ruff and pytest as in the default venv). Add a line per release you test;
 # WA019_EXCLUDE_NEWER=YYYY-MM-DD overrides it.
+# 3.1.0 is the lowest supported release (pyproject.toml), tested in CI by .ci/run. (3.0.6, cut-off
+# 2025-09-10, is below it: its `airflow dags test` prints connection passwords in debug lines.)
 declare -A WA019_AIRFLOW_CUTOFF=(
-    [3.0.6]=2025-09-10
+    [3.1.0]=2025-09-30
 )
 WA019_CUTOFF_EXEMPT=(apache-airflow-providers-common-compat pytest ruff)
 

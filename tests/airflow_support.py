@@ -81,12 +81,15 @@ def _write_dag_to_db(dag: Any) -> None:
     try:  # Airflow >= 3.2 (moved out of airflow.models.dagbag)
         from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
     except ImportError:
-        from airflow.models.dagbag import DagBag
+        from airflow.models import dagbag as _dagbag
 
-        bag = DagBag(dag_folder=os.devnull, include_examples=False, collect_dags=False)
-        bag.bag_dag(dag)
-        bag.sync_to_db("dags-folder", None)
-        return
+        DagBag = _dagbag.DagBag
+        sync_bag_to_db = getattr(_dagbag, "sync_bag_to_db", None)  # Airflow 3.1
+        if sync_bag_to_db is None:  # Airflow 3.0: a DagBag method
+            bag = DagBag(dag_folder=os.devnull, include_examples=False, collect_dags=False)
+            bag.bag_dag(dag)
+            bag.sync_to_db("dags-folder", None)
+            return
     bag = DagBag(dag_folder=os.devnull, collect_dags=False)
     bag.bag_dag(dag)
     sync_bag_to_db(bag, "dags-folder", None)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pendulum
 import pytest
 import structlog
+from airflow import __version__ as airflow_version
 from airflow.sdk import DAG, task
 from airflow_support import run_dag
 
@@ -24,6 +25,14 @@ FAST = {"backoff_factor": 0.01, "max_retry_wait": 0.1, "timeout": [1, 0.5]}
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 SUCCESS, FAILED = "success", "failed"
 EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"
+
+# Before Airflow 3.3, dag.test() runs failure callbacks without context["exception"]: the task
+# runner sets it only in a deployment's task process (task_runner.main(), seen in 3.1.0). So on
+# the lowest supported Airflow these in-process tests cannot see the error text; deployments can.
+needs_exception_in_dag_test = pytest.mark.skipif(
+    tuple(int(p) for p in airflow_version.split(".")[:2]) < (3, 3),
+    reason=f"Airflow {airflow_version}: dag.test() passes no 'exception' to failure callbacks",
+)
 
 
 @pytest.fixture
@@ -59,6 +68,7 @@ def succeeding_dag(dag_id: str, notifier: WhatsAppNotifier) -> DAG:
     return dag
 
 
+@needs_exception_in_dag_test
 def test_notifies_on_a_real_task_failure(sim, airflow_db):
     notifier = send_whatsapp_notification(
         to=ON_CALL,
@@ -86,6 +96,7 @@ def test_notifies_on_success_with_the_default_text(sim, airflow_db):
     assert "Error" not in body
 
 
+@needs_exception_in_dag_test
 def test_default_text_on_failure_names_the_error(sim, airflow_db):
     result = run_dag(failing_dag("notify_default_failure", WhatsAppNotifier(to=ON_CALL)))
 
@@ -302,7 +313,10 @@ def test_failures_are_logged_with_the_api_reason(monkeypatch, capsys, caplog):
 def test_called_like_a_deadline_alert_callback(sim):
     # Airflow's own code path for SyncCallback(WhatsAppNotifier, kwargs=...): it builds the
     # notifier with the kwargs plus ``context`` and calls it with the context.
-    from airflow.sdk.execution_time.callback_supervisor import execute_callback
+    supervisor = pytest.importorskip(
+        "airflow.sdk.execution_time.callback_supervisor", reason="no callback supervisor in this Airflow"
+    )
+    execute_callback = supervisor.execute_callback
 
     ok, error = execute_callback(
         "airflow_provider_wa019.notifications.whatsapp.WhatsAppNotifier",
@@ -351,6 +365,7 @@ def test_bad_to_is_refused_when_the_dag_is_written():
 # --- example DAG ------------------------------------------------------------------------------
 
 
+@needs_exception_in_dag_test
 def test_example_notifier_dag_runs_against_the_simulator(sim, airflow_db):
     spec = importlib.util.spec_from_file_location(
         "wa019_example_notifier", EXAMPLE_DAGS / "example_whatsapp_notifier.py"
