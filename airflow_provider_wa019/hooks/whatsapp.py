@@ -63,6 +63,9 @@ DEFAULT_MAX_RETRY_WAIT = 30.0
 # raised in front of the application. Retrying them cannot duplicate a message.
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 
+#: Refusals after which a template may go out instead: nothing was sent, and a template may be.
+FALLBACK_REASONS = frozenset({Reason.WINDOW_CLOSED, Reason.FIRST_CONTACT})
+
 #: Kept-alive connections per host in the session's pool. Callers sending from several threads at
 #: once (the bulk operator) stay at or below it, or connections beyond it are opened and dropped.
 POOL_MAXSIZE = 32
@@ -283,7 +286,9 @@ class WhatsAppHook(BaseHook):
 
         return {
             name: StringField(
-                lazy_gettext(spec["label"]), widget=BS3TextFieldWidget(), description=spec.get("description", "")
+                lazy_gettext(spec["label"]),
+                widget=BS3TextFieldWidget(),
+                description=spec.get("description", ""),
             )
             for name, spec in _connection_form_info()["conn-fields"].items()
         }
@@ -379,6 +384,35 @@ class WhatsAppHook(BaseHook):
             validate_template_fit(candidate, values)
         payload = template_payload(sender_number, to_number, name, values, header, link)
         return self._post_message(cfg.template_path, payload)
+
+    def send_message_or_template(
+        self,
+        to: str,
+        body: str,
+        *,
+        fallback_template: str | WhatsAppTemplate | None,
+        fallback_variables: Sequence[str] = (),
+        sender: str | None = None,
+        reply_to: str | None = None,
+    ) -> tuple[SendResult, str]:
+        """Send a free-form message; if it is refused because the 24 h window is closed (reason
+        7 or 8) and ``fallback_template`` is given, send that template instead.
+
+        :return: the accepted message and what went out: ``"message"`` or ``"template"``.
+        :raises: as :meth:`send_message` (any other refusal) or :meth:`send_template`.
+        """
+        try:
+            return self.send_message(to, body, sender=sender, reply_to=reply_to), "message"
+        except WhatsAppAPIError as err:
+            # Only 7 and 8 say "not sent, but a template would be"; any other refusal would
+            # refuse the template too, or must end the caller by its own rule.
+            if not fallback_template or err.reason not in FALLBACK_REASONS:
+                raise
+            self.log.warning(
+                "%s. Sending template %r instead.", err, getattr(fallback_template, "name", fallback_template)
+            )
+        result = self.send_template(to, fallback_template, fallback_variables, sender=sender)
+        return result, "template"
 
     def get_templates(
         self, template_id: str | int | None = None, *, phone: str | None = None
@@ -536,7 +570,9 @@ class WhatsAppHook(BaseHook):
 def _connection_form_info() -> dict[str, Any]:
     from airflow_provider_wa019.get_provider_info import get_provider_info
 
-    [info] = [c for c in get_provider_info()["connection-types"] if c["connection-type"] == WhatsAppHook.conn_type]
+    [info] = [
+        c for c in get_provider_info()["connection-types"] if c["connection-type"] == WhatsAppHook.conn_type
+    ]
     return info
 
 
@@ -628,7 +664,9 @@ def _transport_error(exc: requests.RequestException, url: str, cfg: WhatsAppSett
         return WhatsAppDeliveryUnknownError(f"no answer from {where} within {cfg.timeout[1]} s")
     if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
         # The answer broke off mid-body (or could not be decoded): the request was processed.
-        return WhatsAppDeliveryUnknownError(f"the answer from {where} broke off mid-body ({exc.__class__.__name__})")
+        return WhatsAppDeliveryUnknownError(
+            f"the answer from {where} broke off mid-body ({exc.__class__.__name__})"
+        )
     if isinstance(exc, requests.exceptions.SSLError):
         return WhatsAppConfigError(
             f"TLS handshake with {where} failed ({exc.__class__.__name__}); nothing was sent"

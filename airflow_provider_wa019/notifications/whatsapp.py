@@ -37,8 +37,6 @@ DEFAULT_BODY = (
     "{% if ti is defined and ti %}\nLog: {{ ti.log_url }}{% endif %}"
 )
 
-# The 24 h window is closed (7) or never opened (8): only a template can reach the recipient.
-_FALLBACK_REASONS = frozenset({7, 8})
 # A refused token: every other recipient would get the same answer. (Reason 2 is left out: from
 # the template endpoint it may be about the template, and one request per recipient is cheap.)
 _CONNECTION_REASONS = frozenset({3})
@@ -161,25 +159,17 @@ class WhatsAppNotifier(BaseNotifier):
 
     def _send_one(self, hook: WhatsAppHook, number: str) -> tuple[SendResult, str]:
         from airflow_provider_wa019.api import MAX_BODY_CHARS
-        from airflow_provider_wa019.exceptions import WhatsAppAPIError
         from airflow_provider_wa019.operators.whatsapp import template_variables
 
-        if self.body is not None:
-            body = str(self.body)
-            if len(body) > MAX_BODY_CHARS:
-                body = body[: MAX_BODY_CHARS - 1] + "…"
-            try:
-                return hook.send_message(number, body, sender=self.sender), "message"
-            except WhatsAppAPIError as err:
-                if not self.template or err.reason not in _FALLBACK_REASONS:
-                    raise
-                self.log.info(
-                    "Window closed for this recipient (reason %d): sending the template", err.reason
-                )
-        result = hook.send_template(
-            number, self.template, template_variables(self.variables), sender=self.sender
+        variables = template_variables(self.variables)
+        if self.body is None:
+            return hook.send_template(number, self.template, variables, sender=self.sender), "template"
+        body = str(self.body)
+        if len(body) > MAX_BODY_CHARS:
+            body = body[: MAX_BODY_CHARS - 1] + "…"
+        return hook.send_message_or_template(
+            number, body, fallback_template=self.template, fallback_variables=variables, sender=self.sender
         )
-        return result, "template"
 
 
 def _recipients(value: Any) -> list[str]:

@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 #: Reasons that skip a send by default: the 24 h window is closed (7) or was never opened (8),
 #: so only an approved template can reach the client.
 DEFAULT_SKIP_REASONS = (7, 8)
-#: Refusals after which ``fallback_template`` is sent: nothing went out, and a template may.
-FALLBACK_REASONS = frozenset({7, 8})
 
 
 class WhatsAppSendOperator(BaseOperator):
@@ -96,27 +94,19 @@ class WhatsAppSendOperator(BaseOperator):
         self.fallback_variables = fallback_variables
 
     def execute(self, context: Context) -> str:
-        from airflow_provider_wa019.exceptions import WhatsAppAPIError, WhatsAppError
+        from airflow_provider_wa019.exceptions import WhatsAppError
         from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
 
-        sent_as = "message"
         try:
             with WhatsAppHook(self.wa019_conn_id) as hook:
-                try:
-                    result = hook.send_message(self.to, self.body, sender=self.sender, reply_to=self.reply_to)
-                except WhatsAppAPIError as err:
-                    # Only 7 and 8 say "not sent, but a template would be"; any other refusal
-                    # would refuse the template too, or must end the task by its own rule.
-                    if not self.fallback_template or err.reason not in FALLBACK_REASONS:
-                        raise
-                    self.log.warning("%s. Sending template %r instead.", err, self.fallback_template)
-                    result = hook.send_template(
-                        self.to,
-                        self.fallback_template,
-                        template_variables(self.fallback_variables),
-                        sender=self.sender,
-                    )
-                    sent_as = "template"
+                result, sent_as = hook.send_message_or_template(
+                    self.to,
+                    self.body,
+                    fallback_template=self.fallback_template,
+                    fallback_variables=template_variables(self.fallback_variables),
+                    sender=self.sender,
+                    reply_to=self.reply_to,
+                )
         except WhatsAppError as err:
             raise task_outcome(err, self.skip_on_reasons, log=self.log) from err
         ti = context["ti"]
