@@ -126,6 +126,41 @@ def template_payload(
     return payload
 
 
+#: What people write around the digits of a number: "+972 (50) 123-4567", "050.123.4567".
+NUMBER_DECORATION_RE = re.compile(r"[\s\-().]")
+#: Meta refuses a template body variable with a new line or a tab, or with more than 4 spaces in a
+#: row (Cloud API error 132018); the whole template send then fails.
+_VARIABLE_REFUSED_RE = re.compile(r"[\r\n\t\v\f\x85\u2028\u2029]| {5,}")
+
+
+def compact_number(value: str) -> str:
+    """``value`` without decoration, with a leading ``00`` written as ``+`` ("+972501234567").
+
+    Only the spelling is changed; whether the result is a possible number is not checked here.
+    """
+    compact = NUMBER_DECORATION_RE.sub("", value.strip())
+    return "+" + compact[2:] if compact.startswith("00") else compact
+
+
+def template_variable_problem(value: str) -> str | None:
+    """Why WhatsApp would refuse ``value`` as a template body variable, or None if it would not.
+
+    The client, the simulator and the notifier all ask this one function.
+    """
+    match = _VARIABLE_REFUSED_RE.search(value)
+    if match is None:
+        return None
+    if match.group(0).startswith(" "):
+        return "WhatsApp refuses more than 4 spaces in a row in a template variable"
+    return "WhatsApp refuses a new line or a tab in a template variable"
+
+
+def collapse_whitespace(text: str) -> str:
+    """``text`` with every run of whitespace (new lines and tabs included) made one space, so it fits
+    a template variable (see :func:`template_variable_problem`)."""
+    return " ".join(text.split())
+
+
 def fill_template(body: str, variables: Sequence[str]) -> str:
     """``body`` with ``{{n}}`` replaced by ``variables[n - 1]`` (placeholders without a value stay)."""
 
