@@ -7,6 +7,10 @@ Prints two lines, then serves until SIGINT/SIGTERM (exit status 0)::
 
 Point Airflow at it by exporting the second line. Drive it from other processes with the
 ``/__sim__/`` control endpoints (``POST /__sim__/open-window {"number": "972501234567"}`` ...).
+
+Numbers (``--sender``, ``--open-window``, and those of the control endpoints) may be written as
+people do ("+972 50-123-4567"): they are normalised to digits; one that is not 8-15 digits then
+is a usage error.
 """
 
 from __future__ import annotations
@@ -18,7 +22,12 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from airflow_provider_wa019.testing.simulator import DEFAULT_SENDER, DEFAULT_TOKEN, WhatsAppSimulator
+from airflow_provider_wa019.testing.simulator import (
+    DEFAULT_SENDER,
+    DEFAULT_TOKEN,
+    WhatsAppSimulator,
+    _normalise_number,
+)
 
 
 def _template(spec: str) -> dict[str, str]:
@@ -26,6 +35,14 @@ def _template(spec: str) -> dict[str, str]:
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=BODY, got {spec!r}")
     return {"name": name, "body": body}
+
+
+def _number(value: str) -> str:
+    # Checked while parsing, so a typo is a usage error, not a traceback after the port is bound.
+    try:
+        return _normalise_number(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         "--sender",
         nargs="+",
         action="extend",
+        type=_number,
         metavar="NUMBER",
         help=f"sender accounts (default {DEFAULT_SENDER})",
     )
@@ -52,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         action="extend",
         default=[],
+        type=_number,
         metavar="NUMBER",
         help="clients that just wrote to us (free-form messages to them are allowed for 24 h)",
     )

@@ -29,6 +29,12 @@ What it models (from the vendor's "Send Message" page):
   demand with :meth:`WhatsAppSimulator.fail_next`.
 * ``/__sim__/...`` control endpoints let another process (a demo script, an end-to-end test
   against a real Airflow deployment) drive the simulator over HTTP.
+
+Numbers the simulator is *told* (senders, ``open_window``, ``fail_next(to=...)``, the control
+endpoints) may be written the way people write them ("+972 50-123-4567", "00972..."): they are
+normalised to the API's digits-only form, and anything that is not 8-15 digits then is refused.
+The ``from``/``to`` of a request are not normalised: the API takes digits only, so a ``to`` of
+"+972..." is reason 4, as on the real platform.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import math
 import random
 import re
 import socket
@@ -64,7 +71,11 @@ from airflow_provider_wa019.api import (
     TEMPLATE_PATH,
     TEMPLATES_PATH,
     Reason,
+    compact_number,
+    count_placeholders,
+    fill_template,
     reason_meaning,
+    template_variable_problem,
 )
 
 __all__ = ["RecordedRequest", "WhatsAppSimulator"]
@@ -77,11 +88,12 @@ CONTROL_PREFIX = "/__sim__/"
 WINDOW = timedelta(hours=24)
 _TEMPLATES_PREFIX = TEMPLATES_PATH.split("{phone}", 1)[0]
 _NUMBER_RE = re.compile(r"[0-9]{8,15}")
-_PLACEHOLDER_RE = re.compile(r"\{\{\s*([0-9]+)\s*\}\}")
 _VARIABLE_KEY_RE = re.compile(r"bodyVariable([0-9]+)")
 _UNIQUE_ALPHABET = string.ascii_lowercase + string.digits
 _UNIQUE_LENGTH = 22
 _RNG = random.Random()  # seeded from os.urandom
+#: Longest ``fail_next(delay=...)``: longer than any client timeout, short of hanging a thread forever.
+_MAX_FAULT_DELAY = 24 * 3600.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,9 +198,88 @@ def _to_utc(value: datetime | str) -> pendulum.DateTime:
         if not isinstance(parsed, datetime):
             raise ValueError(f"not a date-time: {value!r}")
         value = parsed
+    elif not isinstance(value, datetime):  # e.g. a JSON number from a control request
+        raise TypeError(f"expected a datetime or an ISO 8601 string, not {type(value).__name__}")
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     return pendulum.instance(value).in_timezone("UTC")
+
+
+def _normalise_number(value: str | int, what: str = "number") -> str:
+    """``value`` in the API's spelling, digits only: "+972 50-123-4567" -> "972501234567".
+
+    Spelling is undone as the client's :func:`~airflow_provider_wa019.api.compact_number` does
+    (spaces, dashes, dots, parentheses; a leading ``+`` or ``00``), so a test can say a number the
+    way a person writes it and still match the digits-only ``to`` of a send.
+
+    :raises TypeError: not a string or an int (a float would read as other digits: 9.7e11 -> "...0").
+    :raises ValueError: not 8-15 digits after that.
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise TypeError(f"{what} must be a string or an int, not {type(value).__name__}: {value!r:.60}")
+    digits = compact_number(str(value)).lstrip("+")
+    if not _NUMBER_RE.fullmatch(digits):
+        raise ValueError(
+            f"{what} {value!r:.60} is not a phone number: expected 8-15 digits once spaces, dashes, "
+            "dots, parentheses and a leading + or 00 are removed"
+        )
+    return digits
+
+
+def _check_int(name: str, value: object) -> int:
+    # int(True) and int(6.5) would quietly become a fault nobody asked for.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}: {value!r:.60}")
+    return value
+
+
+def _check_number(name: str, value: object) -> float:
+    """``value`` as a finite float; a bool, a string ("90"), NaN or infinity is refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}: {value!r:.60}")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond float range
+        raise ValueError(f"{name} is too large: {value!r:.60}") from None
+    if not math.isfinite(seconds):
+        raise ValueError(f"{name} must be finite, not {value!r}")
+    return seconds
+
+
+def _check_header_value(name: str, value: str) -> str:
+    # A new line would end the header and start another one (or the body) in the answer.
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"{name} must not contain a new line: {value!r:.60}")
+    return value
+
+
+def _header_type(value: Any) -> int | None:
+    """``headerType`` as the integer it is, or None when it is not one.
+
+    An int, or a string of ASCII digits (clients send numbers as strings elsewhere too); not
+    ``int()``'s reading, which turns 3.9 into 3 and ``true`` into 1.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and 0 < len(value) < 20 and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+def _json_string(data: Mapping[str, Any], key: str) -> str | None:
+    """A control request's ``key`` (None when absent or null), which must be a JSON string.
+
+    Phone numbers must be strings there: a JSON number past 2**53 loses digits in many encoders.
+    """
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{key!r} must be a JSON string, not {type(value).__name__}: {value!r:.60}")
+    return value
+
+
+def _json_number(data: Mapping[str, Any], key: str) -> float:
+    """A control request's ``key`` (0 when absent), which must be a finite JSON number."""
+    return _check_number(key, data[key]) if key in data else 0.0
 
 
 def _minutes_left(start: datetime | None, now: datetime) -> int:
@@ -225,6 +316,8 @@ class WhatsAppSimulator:
 
     :param token: the bearer token the simulator accepts.
     :param senders: the business accounts (``from`` numbers) that exist; ``sender`` is the first.
+        Normalised to digits ("+972 77-123-4567" -> "972771234567"); ``ValueError`` if one is not
+        8-15 digits then.
     :param host: address to bind; keep the loopback default in tests.
     :param port: port to bind; 0 picks a free one (read ``base_url`` after ``start()``).
     :param latency: seconds to sleep in every API request (realistic bulk benchmarks).
@@ -253,12 +346,13 @@ class WhatsAppSimulator:
     ) -> None:
         if not token:
             raise ValueError("token must not be empty")
-        if isinstance(senders, str):
+        if isinstance(senders, (str, int)):
             senders = (senders,)
         if not senders:
             raise ValueError("at least one sender is needed")
         self._token = token
-        self._senders: tuple[str, ...] = tuple(str(s) for s in senders)
+        # Normalised once here, so a send's digits-only 'from' matches "+972 77-123-4567".
+        self._senders: tuple[str, ...] = tuple(_normalise_number(s, "sender") for s in senders)
         self._host = host
         self._port = port
         self._lock = threading.Lock()
@@ -411,30 +505,59 @@ class WhatsAppSimulator:
         """Move the clock forward by ``pendulum.duration(**duration)`` (e.g. ``hours=24, minutes=1``).
 
         A frozen clock stays frozen; a real-time clock keeps ticking from the shifted time.
-        Returns the new ``now()``.
+        Returns the new ``now()``. ``ValueError`` (clock unchanged) if the result would not be a
+        date of the years 1-9999.
         """
-        delta = pendulum.duration(**duration)
+        try:
+            delta = pendulum.duration(**duration)
+        except OverflowError:
+            raise ValueError(f"advance{duration} is too far: no such duration") from None
         with self._lock:
-            if self._frozen is not None:
-                self._frozen = self._frozen + delta
+            frozen, offset = self._frozen, self._offset
+            # Tried before the clock changes: a clock past year 9999 would crash every request.
+            try:
+                if frozen is not None:
+                    frozen += delta
+                else:
+                    offset += delta
+                    pendulum.now("UTC") + offset  # raises OverflowError past year 9999
+            except OverflowError:
+                raise ValueError(
+                    f"advance{duration} is too far: the clock would leave years 1-9999"
+                ) from None
+            if frozen is not None:
+                self._frozen = frozen
             else:
-                self._offset += delta
+                self._offset = offset
             return self._now()
 
     # -- scenario set-up ------------------------------------------------------------------------
 
     def open_window(
-        self, number: str, at: datetime | str | None = None, *, sender: str | None = None
+        self, number: str | int, at: datetime | str | None = None, *, sender: str | int | None = None
     ) -> None:
         """Record that client ``number`` wrote to ``sender`` (default: ``sim.sender``) at ``at``.
 
         That opens, or refreshes, the 24 h window for free-form messages. ``at`` defaults to the
         simulator's now; pass an older time to set up an expired window.
+
+        ``number`` and ``sender`` are normalised ("+972 50-123-4567" -> "972501234567").
+        ``ValueError`` if one is not 8-15 digits then, or ``sender`` is not one of ``senders``
+        (the window could never be used).
         """
-        number = str(number).lstrip("+")
+        number = _normalise_number(number, "number")
+        sender = self._known_sender(sender)
         with self._lock:
             when = _to_utc(at) if at is not None else self._now()
-            self._contact(sender or self.sender, number).last_inbound = when
+            self._contact(sender, number).last_inbound = when
+
+    def _known_sender(self, sender: str | int | None) -> str:
+        if sender is None:
+            return self.sender
+        normalised = _normalise_number(sender, "sender")
+        if normalised not in self._senders:
+            raise ValueError(f"sender {sender!r} is not one of the simulator's senders {self._senders}")
+        return normalised
 
     def add_template(
         self,
@@ -487,7 +610,7 @@ class WhatsAppSimulator:
         body: str | bytes | None = None,
         content_type: str | None = None,
         path: str | None = None,
-        to: str | None = None,
+        to: str | int | None = None,
     ) -> None:
         """Make the next ``n`` API requests (only those under ``path``, and only those whose JSON
         ``to`` is ``to``, when given) fail this way.
@@ -503,23 +626,55 @@ class WhatsAppSimulator:
           body starts with ``<``, else JSON.
 
         Faults are queued: several calls line up in order. Control requests never consume them.
-        ``to`` ties a fault to one recipient, so a bulk send's order does not matter.
+        ``to`` ties a fault to one recipient, so a bulk send's order does not matter; it is
+        normalised like :meth:`open_window`'s number ("+972 50-555-5555" matches "972505555555").
+
+        Arguments are checked here, not when the fault fires: ``TypeError`` for a wrong type
+        (``n``, ``reason`` and ``status`` are ints, not bools or floats), ``ValueError`` for a
+        wrong value (``status`` outside 200-599, a negative or endless ``delay``...).
         """
+        n = _check_int("n", n)
         if n < 1:
             raise ValueError("n must be at least 1")
         if reason is None and status is None and delay is None and body is None:
             raise ValueError("give at least one of reason, status, delay or body")
-        raw = body.encode() if isinstance(body, str) else body
+        if reason is not None:
+            reason = _check_int("reason", reason)
+        if status is not None and not 200 <= _check_int("status", status) <= 599:
+            # 1xx would leave the client waiting for a final answer; 600+ is no HTTP status.
+            raise ValueError(f"status must be an HTTP status 200-599, not {status}")
+        retry: str | None = None
+        if isinstance(retry_after, str):  # an HTTP date, or seconds as written
+            retry = _check_header_value("retry_after", retry_after)
+        elif retry_after is not None:
+            if _check_number("retry_after", retry_after) < 0:
+                raise ValueError(f"retry_after must not be negative: {retry_after!r}")
+            retry = str(retry_after)
+        if delay is not None:
+            delay = _check_number("delay", delay)
+            if not 0 <= delay <= _MAX_FAULT_DELAY:
+                raise ValueError(f"delay must be 0-{_MAX_FAULT_DELAY:.0f} seconds, not {delay!r}")
+        if body is not None and not isinstance(body, (str, bytes)):
+            raise TypeError(f"body must be str or bytes, not {type(body).__name__}")
+        if content_type is not None:
+            if not isinstance(content_type, str):
+                raise TypeError(f"content_type must be a string, not {type(content_type).__name__}")
+            _check_header_value("content_type", content_type)
+        if path is not None:
+            if not isinstance(path, str):
+                raise TypeError(f"path must be a string, not {type(path).__name__}")
+            if not path.startswith("/"):  # request paths always do: the fault would never fire
+                raise ValueError(f"path must start with '/': {path!r}")
         fault = _Fault(
-            remaining=int(n),
-            reason=int(reason) if reason is not None else None,
-            status=int(status) if status is not None else None,
-            retry_after=str(retry_after) if retry_after is not None else None,
-            delay=float(delay) if delay is not None else None,
-            body=raw,
+            remaining=n,
+            reason=reason,
+            status=status,
+            retry_after=retry,
+            delay=delay,
+            body=body.encode() if isinstance(body, str) else body,
             content_type=content_type,
             path=path,
-            to=str(to).lstrip("+") if to is not None else None,
+            to=_normalise_number(to, "to") if to is not None else None,
         )
         with self._lock:
             self._faults.append(fault)
@@ -789,11 +944,10 @@ class WhatsAppSimulator:
         name = data.get("name")
         if not isinstance(name, str) or not name:
             raise _SimError(Reason.BAD_SENDER_OR_JSON, "'name' (the template name) is required")
-        header_type = data.get("headerType", HEADER_NONE)
-        try:
-            header_type = int(header_type)
-        except (TypeError, ValueError):
-            raise _SimError(Reason.BAD_SENDER_OR_JSON, f"bad headerType {header_type!r}") from None
+        given = data.get("headerType", HEADER_NONE)
+        header_type = _header_type(given)
+        if header_type is None:
+            raise _SimError(Reason.BAD_SENDER_OR_JSON, f"bad headerType {given!r:.40}")
         link = data.get("headerLink")
         if header_type in MEDIA_HEADER_TYPES:
             if not isinstance(link, str) or not link.startswith("https://") or len(link) <= len("https://"):
@@ -830,7 +984,7 @@ class WhatsAppSimulator:
     @staticmethod
     def _render(template: Mapping[str, Any], variables: Mapping[int, Any]) -> str:
         body = str(template["body"])
-        needed = max((int(m) for m in _PLACEHOLDER_RE.findall(body)), default=0)
+        needed = count_placeholders(body)
         name = template["name"]
         if any(i < 1 or i > MAX_TEMPLATE_VARIABLES for i in variables):
             raise _SimError(
@@ -843,10 +997,15 @@ class WhatsAppSimulator:
                 f"template {name!r} takes {needed} variable(s) (bodyVariable1..{needed}), "
                 f"got {sorted(variables) or 'none'}",
             )
-        for i, value in variables.items():
+        for i in sorted(variables):
+            value = variables[i]
             if not isinstance(value, (str, int, float)) or isinstance(value, bool) or not str(value).strip():
                 raise _SimError(Reason.BAD_SENDER_OR_JSON, f"bodyVariable{i} is empty or not text")
-        text = _PLACEHOLDER_RE.sub(lambda m: str(variables[int(m.group(1))]), body)
+            # Meta refuses the whole send (error 132018); 019 answers it like its other refusals.
+            problem = template_variable_problem(value) if isinstance(value, str) else None
+            if problem is not None:
+                raise _SimError(Reason.BAD_SENDER_OR_JSON, f"bodyVariable{i}: {problem}")
+        text = fill_template(body, [str(variables[i]) for i in range(1, needed + 1)])
         if len(text) > MAX_TEMPLATE_CHARS:
             raise _SimError(
                 Reason.BAD_SENDER_OR_JSON,
@@ -915,11 +1074,13 @@ class WhatsAppSimulator:
             if method == "GET" and action == "templates":
                 return _Response.json(200, self.templates)
             if method == "POST" and action == "open-window":
-                if not data.get("number"):
+                number = _json_string(data, "number")
+                if not number:
                     raise ValueError("'number' is required")
-                self.open_window(str(data["number"]), data.get("at"), sender=data.get("sender"))
+                self.open_window(number, data.get("at"), sender=_json_string(data, "sender"))
                 return _Response.json(200, {"ok": True})
             if method == "POST" and action == "faults":
+                _json_string(data, "to")  # fail_next takes an int too; JSON may not (see _json_string)
                 self.fail_next(**data)
                 return _Response.json(200, {"ok": True, "pending": self.pending_faults})
             if method == "POST" and action == "templates":
@@ -933,16 +1094,17 @@ class WhatsAppSimulator:
                 if data.get("set") is not None:
                     self.set_time(data["set"])
                 elif "advance_minutes" in data or "advance_seconds" in data:
+                    # JSON numbers only: float("90") or float(true) would hide a client's mistake.
                     self.advance(
-                        minutes=float(data.get("advance_minutes", 0)),
-                        seconds=float(data.get("advance_seconds", 0)),
+                        minutes=_json_number(data, "advance_minutes"),
+                        seconds=_json_number(data, "advance_seconds"),
                     )
                 elif data.get("real_time"):
                     self.set_time(None)
                 else:
                     raise ValueError("give 'set' (ISO time), 'advance_minutes' or 'real_time': true")
                 return _Response.json(200, {"ok": True, "now": self.now().isoformat()})
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, OverflowError) as err:  # bad input: tell the caller, never crash
             return _Response.json(400, {"ok": False, "error": str(err)})
         return _Response.json(404, {"ok": False, "error": f"no such control endpoint: {method} {path}"})
 
