@@ -20,6 +20,7 @@ the task SDK's channel to its supervisor is not meant to be used from several th
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import logging
@@ -31,6 +32,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any, Literal, Protocol
 
 from airflow_provider_wa019.exceptions import (
@@ -87,6 +89,8 @@ _ABORT_ON_STREAK = frozenset({"2", "unreachable"})
 NOT_SENT = "not_sent"
 #: How many problems are logged one by one before they are only counted.
 _LOGGED_PROBLEMS = 20
+#: A render error's text is cut to this length: it lands in XCom once per recipient.
+_MAX_ERROR_CHARS = 1000
 _TICK = 0.25  # seconds between checks for a stop request while waiting on sends
 
 
@@ -140,23 +144,17 @@ def parse_recipients(raw: Any, *, region: str | None = None) -> tuple[list[Recip
     """Turn the operator's ``recipients`` into distinct recipients, in order.
 
     ``raw`` is a list (or tuple) whose items are numbers (``"+972 50-123-4567"``) or dicts with a
-    ``to`` and any other values; a JSON text of such a list is accepted too (a Jinja-rendered
-    XCom). Entries whose number cannot be read become invalid recipients. A number listed twice is
-    sent once (the first entry wins).
+    ``to`` and any other values. A text of such a list is accepted too, as JSON or as a Python
+    literal: without ``render_template_as_native_obj``, Jinja renders ``"{{ params.lst }}"`` or an
+    ``xcom_pull`` to the list's repr (``"['972501234567', {'to': '972...', 'name': 'Dana'}]"``).
+    Entries whose number cannot be read become invalid recipients. A number listed twice is sent
+    once (the first entry wins).
 
     :return: the recipients and how many duplicate entries were dropped.
     :raises ValueError: ``raw`` is not a list of recipients at all.
     """
     if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError:
-            raw = None
-        if not isinstance(raw, list):
-            raise ValueError(
-                "recipients is a string, not a list: pass the upstream XComArg itself "
-                "(recipients=my_task()) or a JSON list"
-            )
+        raw = _list_from_text(raw)
     if isinstance(raw, (str, bytes, Mapping)) or not isinstance(raw, Iterable):
         raise ValueError(f"recipients must be a list of numbers or dicts, got {type(raw).__name__}")
     recipients: dict[str, Recipient] = {}
@@ -168,6 +166,27 @@ def parse_recipients(raw: Any, *, region: str | None = None) -> tuple[list[Recip
             continue
         recipients[recipient.key] = recipient
     return list(recipients.values()), duplicates
+
+
+def _list_from_text(text: str) -> list[Any] | tuple[Any, ...]:
+    """The list a rendered ``recipients`` text holds: JSON first, then a Python literal (never
+    evaluated as code: ``ast.literal_eval`` builds only literals)."""
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+        parsed = None
+    if parsed is None and text.strip().startswith(("[", "(")):
+        try:
+            parsed = ast.literal_eval(text.strip())
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            # TypeError: a literal that cannot be built, such as a dict keyed by a list.
+            parsed = None
+    if isinstance(parsed, (list, tuple)):
+        return parsed
+    raise ValueError(
+        "recipients is a string, not a list: pass the upstream XComArg itself "
+        "(recipients=my_task()), or a text of a list (JSON, or a Python literal as Jinja renders one)"
+    )
 
 
 def _parse_one(index: int, item: Any, region: str | None) -> Recipient:
@@ -201,8 +220,9 @@ class SlidingWindowRateLimiter:
     """
 
     def __init__(self, rate_per_second: float, *, clock: Callable[[], float] = time.monotonic) -> None:
-        if not rate_per_second > 0:
-            raise ValueError(f"rate_per_second must be > 0, got {rate_per_second!r}")
+        # inf would overflow int() below and nan never compares: neither is a rate.
+        if not _is_positive_number(rate_per_second):
+            raise ValueError(f"rate_per_second must be a finite number > 0, got {rate_per_second!r}")
         if rate_per_second >= 1:
             self.limit, self.window = int(rate_per_second), 1.0
         else:
@@ -226,6 +246,11 @@ class SlidingWindowRateLimiter:
                 time.sleep(delay)
             elif stop.wait(delay):
                 return False
+
+
+def _is_positive_number(value: Any) -> bool:
+    # bool is an int to Python, but True is no meant rate.
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -541,16 +566,23 @@ class BulkSender:
         :class:`~airflow_provider_wa019.api.SendResult` or raises a ``WhatsAppError`` (a hook's
         ``send_message``/``send_template``, with its own per-message retries).
     :param prepare: called on the calling thread as ``prepare(recipient)`` right before a send;
-        returns the payload (e.g. the rendered body). A ``WhatsAppValidationError``, ``ValueError``
-        or ``TypeError`` (Jinja's errors included) makes the recipient invalid.
+        returns the payload (e.g. the rendered body). Any ``Exception`` it raises (a validation
+        error, a missing value, ``ZeroDivisionError``, a failed XCom read...) makes that recipient
+        invalid, with the exception's type and text as its error (``"ZeroDivisionError: division
+        by zero"``), and the others are still sent. A ``BaseException`` (Airflow's timeout,
+        ``KeyboardInterrupt``) ends the run as any other stop does.
     :param ledger: the progress ledger (use ``ProgressLedger(None)`` for none).
     :param max_concurrency: requests in flight at most (1 to :data:`MAX_CONCURRENCY`).
-    :param rate_per_second: sends started per sliding second at most; None for no limit.
+    :param rate_per_second: sends started per sliding second at most (finite, > 0); None for no
+        limit.
     :param skip_on_reasons: API reasons that mean "skipped" rather than "failed".
     :param resend_unknown: send again to recipients an earlier try left ``unknown`` (at least once);
         False reports them and never sends again (at most once), claiming recipients in the ledger
         before sending them.
     :param log: where progress and problems are logged (recipients masked).
+    :param secrets: texts (the API token) replaced by ``***`` in the errors of recipients whose
+        message could not be prepared: a template may quote any value it read, and those errors
+        go to XCom and the log.
     :param progress_seconds: seconds between progress lines.
     :param drain_seconds: when stopped, how long to wait for requests already in flight.
     """
@@ -566,6 +598,7 @@ class BulkSender:
         skip_on_reasons: Iterable[int] = (7, 8),
         resend_unknown: bool = True,
         log: Any = None,
+        secrets: Iterable[str] = (),
         progress_seconds: float = DEFAULT_PROGRESS_SECONDS,
         drain_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
@@ -576,10 +609,15 @@ class BulkSender:
         self._prepare = prepare
         self.ledger = ledger if ledger is not None else ProgressLedger(None)
         self.max_concurrency = int(max_concurrency)
-        self.limiter = SlidingWindowRateLimiter(rate_per_second, clock=clock) if rate_per_second else None
+        # "is not None": 0 (or nan) is refused by the limiter, not taken for "no limit".
+        self.limiter = (
+            SlidingWindowRateLimiter(rate_per_second, clock=clock) if rate_per_second is not None else None
+        )
         self.skip_on_reasons = frozenset(int(r) for r in skip_on_reasons)
         self.resend_unknown = resend_unknown
         self.log = log if log is not None else logging.getLogger(__name__)
+        # Empty texts dropped: replacing "" would put *** between every character.
+        self._secrets = tuple(s for s in secrets if s)
         self.progress_seconds = progress_seconds
         self.drain_seconds = drain_seconds
         self._clock = clock
@@ -743,11 +781,17 @@ class BulkSender:
         try:
             payload = self._prepare(recipient)
         except Exception as err:
-            if isinstance(err, (WhatsAppValidationError, ValueError, TypeError)) or _is_template_error(err):
-                self._settle(report, recipient, Outcome("invalid", error=str(err), key="invalid"))
-                return
-            # Not the recipient's fault (an XCom read in the template failed...): nothing was
-            # sent to it, so settle it as such (releasing a claim) before the error ends the try.
+            # Whatever rendering this recipient's message raised, it is reported for this
+            # recipient alone and the others go on: one bad row must not hold up (or, try after
+            # try, block) the whole list. An error that strikes every recipient (an XCom read in
+            # the template that fails) makes them all invalid, and max_failure_ratio then fails
+            # the task; nothing was sent to them and the ledger holds nothing for them, so
+            # clearing the task sends to them.
+            self._settle(report, recipient, Outcome("invalid", error=self._render_error(err), key="invalid"))
+            return
+        except BaseException as err:
+            # Airflow's timeout or SIGINT struck mid-render: nothing was sent to this recipient, so
+            # settle it as such (releasing its claim) before the try ends.
             self._settle(report, recipient, _not_sent(f"not sent: {type(err).__name__}"), quiet=True)
             raise
         if not self.resend_unknown and not self.ledger.is_claimed(number):
@@ -756,6 +800,22 @@ class BulkSender:
             ahead = run.queue[run.position - 1 : run.position - 1 + CLAIM_BATCH]
             self.ledger.claim([r.number for r in ahead if r.number is not None])
         run.inflight[run.executor.submit(self._send_one, number, payload)] = recipient
+
+    def _render_error(self, err: Exception) -> str:
+        """The ``error`` of a recipient whose message could not be prepared: the exception's type and
+        text (our own validation errors are worded already), without the secrets. The log masks
+        phone numbers in it, as in every problem (see :meth:`_log_problem`)."""
+        try:
+            text = str(err)
+        except Exception:  # an exception that cannot even print itself must not end the bulk
+            text = ""
+        if not isinstance(err, WhatsAppValidationError):
+            text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        if len(text) > _MAX_ERROR_CHARS:
+            text = text[: _MAX_ERROR_CHARS - 3] + "..."
+        return text
 
     def _drain(self, run: _Run, report: BulkReport) -> None:
         for future in list(run.inflight):
@@ -903,11 +963,3 @@ def scrub(text: str) -> str:
         return mask_number(digits)
 
     return _NUMBER_LIKE.sub(mask, text)
-
-
-def _is_template_error(err: BaseException) -> bool:
-    try:
-        from jinja2 import TemplateError
-    except ImportError:  # pragma: no cover - jinja2 comes with Airflow
-        return False
-    return isinstance(err, TemplateError)

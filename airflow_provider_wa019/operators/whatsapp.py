@@ -237,6 +237,30 @@ _BULK_BODY_FILE_EXT = (".txt", ".j2")
 _BULK_MAX_CONCURRENCY = 32
 
 
+def _bulk_is_int(value: Any) -> bool:
+    import numbers  # stdlib, already loaded; used at DAG parse time only
+
+    # bool is an int to Python, but True is no meant count.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _bulk_is_number(value: Any) -> bool:
+    """A real, finite number (not a bool): inf would overflow int(), nan never compares."""
+    import math
+    import numbers
+
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bulk_is_reason_collection(value: Any) -> bool:
+    from collections.abc import Mapping
+
+    # A string is a collection too: "78" would silently mean reasons 7 and 8.
+    if isinstance(value, (str, bytes, bytearray, Mapping)) or not isinstance(value, Collection):
+        return False
+    return all(_bulk_is_int(reason) for reason in value)
+
+
 class WhatsAppBulkSendOperator(BaseOperator):
     """Send one message to many recipients in one task: bounded concurrency and rate, an outcome
     per recipient, and no duplicates across the task's retries.
@@ -292,19 +316,24 @@ class WhatsAppBulkSendOperator(BaseOperator):
     ``retries`` cannot send twice. The README explains the remaining window of a hard kill.
 
     :param recipients: numbers, or dicts with ``to`` and values (templated: an XComArg or Jinja).
+        A Jinja string such as ``"{{ params.lst }}"`` or an ``xcom_pull`` renders to text: that
+        text is read back as the list, whether JSON or a Python literal (Jinja's repr of a list).
     :param body: free-form text, rendered per recipient (not an Airflow template field: Airflow
-        would render it once, before the recipients are known).
+        would render it once, before the recipients are known). A recipient for whom it cannot
+        be rendered (any error: a missing value, a division by zero...) is reported invalid,
+        with the error's type and text, and is not sent; the others are.
     :param template: approved template name (templated), instead of ``body``.
     :param variables: the template's ``{{1}}``.. values, each rendered per recipient.
     :param header_type: template header type (1 none, 3 image, 4 video, 5 document).
     :param header_link: https link of the template's media header, rendered per recipient.
     :param sender: ``from`` account (templated); defaults to the connection's ``sender``.
     :param wa019_conn_id: the Airflow connection of type ``wa019``.
-    :param max_concurrency: requests in flight at most (1 to 32, default 4).
-    :param rate_per_second: sends started in any one-second window at most (default: no limit).
+    :param max_concurrency: requests in flight at most (an int, 1 to 32, default 4).
+    :param rate_per_second: sends started in any one-second window at most (a finite number > 0;
+        default None: no limit).
         Per message, not per HTTP request: the hook's own retries of one message are not counted.
     :param max_failure_ratio: the share of failed and invalid recipients tolerated (0 to 1).
-    :param skip_on_reasons: API reasons that count a recipient as skipped, not failed.
+    :param skip_on_reasons: API reasons (ints) that count a recipient as skipped, not failed.
     :param resend_unknown: send again, in a later try, to recipients whose delivery is unknown.
     :param progress_interval: seconds between progress lines in the task log.
     """
@@ -336,14 +365,27 @@ class WhatsAppBulkSendOperator(BaseOperator):
             raise ValueError("give exactly one of body (free-form text) and template (a template name)")
         if body is not None and (variables or header_type is not None or header_link is not None):
             raise ValueError("variables, header_type and header_link go with template, not with body")
-        if isinstance(max_concurrency, bool) or not 1 <= max_concurrency <= _BULK_MAX_CONCURRENCY:
-            raise ValueError(f"max_concurrency must be 1 to {_BULK_MAX_CONCURRENCY}, got {max_concurrency!r}")
-        if rate_per_second is not None and not rate_per_second > 0:
-            raise ValueError(f"rate_per_second must be > 0 or None, got {rate_per_second!r}")
-        if not 0 <= max_failure_ratio <= 1:
-            raise ValueError(f"max_failure_ratio must be between 0 and 1, got {max_failure_ratio!r}")
-        if not progress_interval > 0:
-            raise ValueError(f"progress_interval must be > 0, got {progress_interval!r}")
+        # Checked here, at DAG parse time, so a wrong type is a clear import error naming the
+        # argument, not a TypeError (or an OverflowError mid-run, for an infinite rate) later.
+        if not (_bulk_is_int(max_concurrency) and 1 <= max_concurrency <= _BULK_MAX_CONCURRENCY):
+            raise ValueError(
+                f"max_concurrency must be an int from 1 to {_BULK_MAX_CONCURRENCY}, got {max_concurrency!r}"
+            )
+        if rate_per_second is not None and not (_bulk_is_number(rate_per_second) and rate_per_second > 0):
+            raise ValueError(
+                f"rate_per_second must be a finite number > 0 (sends per second) or None, got {rate_per_second!r}"
+            )
+        if not (_bulk_is_number(max_failure_ratio) and 0 <= max_failure_ratio <= 1):
+            raise ValueError(f"max_failure_ratio must be a number from 0 to 1, got {max_failure_ratio!r}")
+        if not (_bulk_is_number(progress_interval) and progress_interval > 0):
+            raise ValueError(
+                f"progress_interval must be a finite number of seconds > 0, got {progress_interval!r}"
+            )
+        if not _bulk_is_reason_collection(skip_on_reasons):
+            raise ValueError(
+                f"skip_on_reasons must be a collection of API reason codes (ints), e.g. (7, 8), "
+                f"got {skip_on_reasons!r}"
+            )
         self.recipients = recipients
         self.body = body
         self.template = template
@@ -410,6 +452,8 @@ class WhatsAppBulkSendOperator(BaseOperator):
                 skip_on_reasons=self.skip_on_reasons,
                 resend_unknown=self.resend_unknown,
                 log=self.log,
+                # A template can quote any value it read, the connection's password included.
+                secrets=(settings.token,),
                 progress_seconds=self.progress_interval,
                 # Long enough for a request in flight to get its answer or its read timeout.
                 drain_seconds=sum(settings.timeout) + 5.0,
