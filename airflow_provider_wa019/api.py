@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from types import MappingProxyType
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pendulum
 
-from airflow_provider_wa019.exceptions import WhatsAppAPIError, WhatsAppResponseError
+from airflow_provider_wa019.exceptions import EXCERPT_CHARS, WhatsAppAPIError, WhatsAppResponseError
 
 if TYPE_CHECKING:
     from pendulum import DateTime, Duration
@@ -35,6 +35,10 @@ MAX_BODY_CHARS = 4096
 MAX_TEMPLATE_CHARS = 1024
 #: Templates take ``bodyVariable1`` ... ``bodyVariable10``.
 MAX_TEMPLATE_VARIABLES = 10
+
+#: A ``unique`` message id is at most this long (the API's are 32 hex digits); also bounds
+#: ``replyTo``.
+MAX_UNIQUE_CHARS = 128
 
 #: ``headerType`` values of the template endpoint.
 HEADER_NONE = 1
@@ -214,7 +218,8 @@ class SendResult:
             "timestamp": self.timestamp.isoformat() if self.timestamp else None,
             "template_time_left_minutes": _minutes(self.template_time_left),
             "conversation_time_left_minutes": _minutes(self.conversation_time_left),
-            "raw": dict(self.raw),
+            # Small, whatever the API sent: XCom rows live in the metadata DB.
+            "raw": compact_json(self.raw),
         }
 
 
@@ -257,20 +262,22 @@ class WhatsAppTemplate:
         return None if self.body is None else fill_template(self.body, variables)
 
 
-def parse_templates_response(http_status: int, content: bytes) -> list[WhatsAppTemplate]:
+def parse_templates_response(
+    http_status: int, content: bytes, *, scrub: Callable[[str], str] | None = None
+) -> list[WhatsAppTemplate]:
     """Turn a get-phone-templates answer into template objects.
 
     :raises WhatsAppAPIError: ``success`` is not true (reason 2: the phone is not an account of
         this token, unless the answer names its own ``reason``).
     :raises WhatsAppResponseError: the body is not the documented JSON.
     """
-    data = decode_json_object(http_status, content)
+    data = decode_json_object(http_status, content, scrub=scrub)
     if data.get("success") is not True:
         message = data.get("message")
         reason = _reason(data.get("reason")) or Reason.BAD_SENDER_OR_JSON
         raise WhatsAppAPIError(
             reason,
-            response=data,
+            response=compact_json(data),
             http_status=http_status,
             detail=f"template listing: {message}" if isinstance(message, str) else "template listing refused",
         )
@@ -284,7 +291,9 @@ def parse_templates_response(http_status: int, content: bytes) -> list[WhatsAppT
         name = entry.get("name") if isinstance(entry, dict) else None
         if not isinstance(name, str) or not name:
             raise WhatsAppResponseError(
-                f"a template entry has no name: {entry!r}"[:200], http_status=http_status, body=content
+                f"a template entry has no name: {compact_json(entry)!r}"[:EXCERPT_CHARS],
+                http_status=http_status,
+                body=content,
             )
         body = entry.get("body")
         templates.append(
@@ -300,28 +309,92 @@ def parse_templates_response(http_status: int, content: bytes) -> list[WhatsAppT
     return templates
 
 
-def decode_json_object(http_status: int, content: bytes) -> dict[str, Any]:
-    """Decode a response body that must be a JSON object."""
+#: Documented answers are flat objects; one nested deeper than this is not the API's.
+MAX_JSON_DEPTH = 16
+#: What XCom ``response["raw"]`` and an error's ``response`` keep of an answer: strings cut to
+#: ``EXCERPT_CHARS``, at most this many entries per object or list, this many levels.
+_COMPACT_ITEMS = 40
+_COMPACT_DEPTH = 3
+
+
+def decode_json_object(
+    http_status: int, content: bytes, *, scrub: Callable[[str], str] | None = None
+) -> dict[str, Any]:
+    """Decode a response body that must be a JSON object.
+
+    ``scrub`` is applied to every string of the decoded answer, keys included (the hook blanks
+    its token with it: an echo may be JSON-escaped in the raw bytes, ``\\/`` or ``\\u0041``).
+
+    :raises WhatsAppResponseError: not JSON, not an object, or nested deeper than
+        :data:`MAX_JSON_DEPTH` (any failure to decode is an unexpected body).
+    """
     if not content.strip():
         raise WhatsAppResponseError("empty body", http_status=http_status, body=content)
     try:
         data = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." thousands deep
         raise WhatsAppResponseError("body is not JSON", http_status=http_status, body=content) from None
     if not isinstance(data, dict):
         raise WhatsAppResponseError(
             f"expected a JSON object, got a JSON {type(data).__name__}", http_status=http_status, body=content
         )
-    return data
+    try:
+        return _walk(data, scrub)
+    except RecursionError:
+        raise WhatsAppResponseError(
+            f"the JSON is nested more than {MAX_JSON_DEPTH} levels deep", http_status=http_status, body=content
+        ) from None
 
 
-def parse_send_response(http_status: int, content: bytes) -> SendResult:
+def _walk(value: Any, scrub: Callable[[str], str] | None, depth: int = 0) -> Any:
+    # Raises RecursionError (caught above) past MAX_JSON_DEPTH, so nothing downstream (XCom
+    # serialisation, repr) ever recurses through a hostile answer.
+    if isinstance(value, str):
+        return scrub(value) if scrub is not None else value
+    if isinstance(value, dict):
+        if depth >= MAX_JSON_DEPTH:
+            raise RecursionError
+        return {_walk(k, scrub, depth): _walk(v, scrub, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        if depth >= MAX_JSON_DEPTH:
+            raise RecursionError
+        return [_walk(v, scrub, depth + 1) for v in value]
+    return value
+
+
+def compact_json(value: Any, depth: int = 0) -> Any:
+    """A small copy of a decoded answer, for XCom and error attributes: long strings cut, long
+    objects and lists shortened, deep levels dropped (an answer may be tens of kilobytes)."""
+    if isinstance(value, str):
+        return value if len(value) <= EXCERPT_CHARS else value[: EXCERPT_CHARS - 3] + "..."
+    if isinstance(value, Mapping):
+        if depth >= _COMPACT_DEPTH:
+            return "{...}"
+        items = list(value.items())
+        out = {compact_json(str(k)): compact_json(v, depth + 1) for k, v in items[:_COMPACT_ITEMS]}
+        if len(items) > _COMPACT_ITEMS:
+            out["..."] = f"{len(items) - _COMPACT_ITEMS} more"
+        return out
+    if isinstance(value, (list, tuple)):
+        if depth >= _COMPACT_DEPTH:
+            return "[...]"
+        out_list = [compact_json(v, depth + 1) for v in value[:_COMPACT_ITEMS]]
+        if len(value) > _COMPACT_ITEMS:
+            out_list.append(f"... {len(value) - _COMPACT_ITEMS} more")
+        return out_list
+    return value
+
+
+def parse_send_response(
+    http_status: int, content: bytes, *, scrub: Callable[[str], str] | None = None
+) -> SendResult:
     """Turn a send (or template send) response into a :class:`SendResult`.
 
+    :param scrub: applied to every string of the answer (see :func:`decode_json_object`).
     :raises WhatsAppAPIError: the API refused the message (``reason`` other than 1).
     :raises WhatsAppResponseError: the body is not the documented JSON.
     """
-    data = decode_json_object(http_status, content)
+    data = decode_json_object(http_status, content, scrub=scrub)
     reason = _reason(data.get("reason"))
     if reason is None:
         raise WhatsAppResponseError(
@@ -331,11 +404,16 @@ def parse_send_response(http_status: int, content: bytes) -> SendResult:
         )
     if reason != Reason.OK:
         detail = data.get("message") if isinstance(data.get("message"), str) else None
-        raise WhatsAppAPIError(reason, response=data, http_status=http_status, detail=detail)
+        raise WhatsAppAPIError(reason, response=compact_json(data), http_status=http_status, detail=detail)
     unique = data.get("unique")
-    if not isinstance(unique, str) or not unique:
+    if isinstance(unique, int) and not isinstance(unique, bool) and unique >= 0:
+        unique = str(unique)  # numbers as text are the API's habit; an id in digits is an id
+    if not isinstance(unique, str) or not _UNIQUE_RE.fullmatch(unique):
         raise WhatsAppResponseError(
-            "reason 1 (sent) but no message id in 'unique'", http_status=http_status, body=content
+            f"reason 1 (sent) but 'unique' is not a message id (1 to {MAX_UNIQUE_CHARS} characters, "
+            "no spaces or line breaks)",
+            http_status=http_status,
+            body=content,
         )
     return SendResult(
         unique=unique,
@@ -349,6 +427,10 @@ def parse_send_response(http_status: int, content: bytes) -> SendResult:
         conversation_time_left=_duration(data.get("conversationTimeLeft")),
         raw=MappingProxyType(data),
     )
+
+
+# What a ``unique`` may be: it is quoted back as ``replyTo`` and shown in logs and XCom.
+_UNIQUE_RE = re.compile(rf"[\x21-\x7e]{{1,{MAX_UNIQUE_CHARS}}}")
 
 
 def _reason(value: Any) -> int | None:
@@ -375,11 +457,16 @@ def _timestamp(value: Any) -> DateTime | None:
 
 
 def _duration(value: Any) -> Duration | None:
-    # Minutes, documented as strings ("400").
+    # Minutes, documented as strings ("400"); a negative or absurd timer is no timer.
     try:
-        return pendulum.duration(minutes=int(float(value)))
+        minutes = int(float(value))
     except (TypeError, ValueError, OverflowError):
         return None
+    return pendulum.duration(minutes=minutes) if 0 <= minutes <= _MAX_TIMER_MINUTES else None
+
+
+# Both timers count down from 24 h; allow generous slack, refuse nonsense.
+_MAX_TIMER_MINUTES = 7 * 24 * 60
 
 
 def _minutes(value: Duration | None) -> int | None:

@@ -24,6 +24,19 @@ class WhatsAppError(Exception):
 
     retryable: bool = False
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Airflow and users copy and pickle errors (deepcopy of a failed task's context, a
+        # process pool): rebuild from the message and the attributes, not from __init__'s
+        # keyword arguments, which the default reduce would pass positionally.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[WhatsAppError], args: tuple[Any, ...], state: dict[str, Any]) -> WhatsAppError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
 
 class WhatsAppConfigError(WhatsAppError):
     """The connection is unusable: no token, no sender, a malformed extra."""
@@ -67,7 +80,8 @@ class WhatsAppAPIError(WhatsAppError):
         self.retryable = reason == 6
         text = f"019sms refused the message: reason {reason} ({self.meaning})"
         if detail:
-            text += f"; {detail}"
+            # The API's own message, quoted briefly: an answer may carry a megabyte of text.
+            text += f"; {excerpt(detail)}"
         super().__init__(text)
 
 
@@ -114,10 +128,15 @@ class WhatsAppResponseError(WhatsAppError):
 
 
 def excerpt(body: bytes | str, limit: int = EXCERPT_CHARS) -> str:
-    """The first ``limit`` characters of a response body, decoded leniently."""
+    """The first ``limit`` characters of a response body, decoded leniently ("..." when cut)."""
     if isinstance(body, bytes):
-        body = body[: limit * 4].decode("utf-8", errors="replace")
-    return body[:limit]
+        text = body[: limit * 4].decode("utf-8", errors="replace")
+        cut = len(body) > limit * 4
+    else:
+        text, cut = body, False
+    if len(text) > limit or cut:
+        return text[:limit] + "..."
+    return text
 
 
 def _short_repr(value: Any, limit: int = 60) -> str:

@@ -18,74 +18,106 @@ from airflow_provider_wa019.api import (
     MAX_BODY_CHARS,
     MAX_TEMPLATE_CHARS,
     MAX_TEMPLATE_VARIABLES,
+    MAX_UNIQUE_CHARS,
     MEDIA_HEADER_TYPES,
     WhatsAppTemplate,
+    compact_number,
+    template_variable_problem,
 )
 from airflow_provider_wa019.exceptions import WhatsAppValidationError
 
-# What people write around digits: "+972 (50) 123-4567", "050.123.4567".
-_DECORATION = re.compile(r"[\s\-().]")
 _PLAUSIBLE = re.compile(r"\+?\d+")
 
 
 def normalize_number(value: Any, *, field: str = "to", region: str | None = None) -> str:
     """Return ``value`` as international digits without ``+`` (``972501234567``).
 
-    Accepts ``+``, ``00``, spaces, dashes, dots and parentheses. Numbers without a country code
-    (``050-123-4567``) need ``region`` (e.g. ``"IL"``). Checks that the number is *possible*
-    (right length for its country), not that it is *valid*: phonenumbers' range tables lag
-    reality and would refuse real recipients.
+    Accepts ``+``, ``00``, spaces, dashes, dots and parentheses. How digits without ``+`` or
+    ``00`` are read depends on ``region`` (the connection's ``default_region``):
+
+    * no region: they are international digits, the API's own format (``972501234567``);
+    * a region (e.g. ``"IL"``, ``"US"``): they are that region's national number, with or without
+      its trunk prefix (``050-123-4567`` in IL, ``(202) 555-0123`` in the US), or start with its
+      international call prefix (``011 972 ...`` in the US). A number that is not possible in the
+      region is refused, never guessed to be international: write it with ``+``.
+
+    Checks that the number is *possible* (right length for its country), not that it is
+    *valid*: phonenumbers' range tables lag reality and would refuse real recipients.
 
     :raises WhatsAppValidationError: naming ``field`` and the value.
     """
-    if not isinstance(value, (str, int)) or isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise WhatsAppValidationError(
             field, value, f"expected a phone number string, got {type(value).__name__}"
         )
+    if isinstance(value, int) and value < 0:
+        raise WhatsAppValidationError(field, value, "a phone number cannot be negative")
     raw = str(value).strip()
     if not raw:
         raise WhatsAppValidationError(field, value, "empty phone number")
-    compact = _DECORATION.sub("", raw)
-    if compact.startswith("00"):
-        compact = "+" + compact[2:]
-    if not _PLAUSIBLE.fullmatch(compact):
+    if raw.startswith("-"):
+        # "-972..." is not a spelling of a number; dropping the dash would send it anyway.
+        raise WhatsAppValidationError(field, value, "a phone number cannot start with '-'")
+    compact = compact_number(raw)
+    if not _PLAUSIBLE.fullmatch(compact) or not compact.isascii():
         raise WhatsAppValidationError(
             field, value, "a phone number may hold only digits, a leading '+', spaces, dashes and parentheses"
         )
-    result = _normalize(compact, validate_region(region))  # an unknown region: a typed error
+    region = validate_region(region)  # an unknown region: a typed error
+    result, ambiguous = _normalize(compact, region)
+    if ambiguous:
+        raise WhatsAppValidationError(field, value, ambiguous)
     if result is None:
-        hint = (
-            ""
-            if region or compact.startswith("+")
-            else " (a local number needs default_region, or write it with +country code)"
-        )
+        if compact.startswith("+"):
+            hint = ""
+        elif region:
+            hint = f" in region {region} (write an international number with + or 00)"
+        else:
+            hint = " (a local number needs default_region, or write it with +country code)"
         raise WhatsAppValidationError(field, value, f"not a possible phone number{hint}")
     return result
 
 
 @lru_cache(maxsize=4096)
-def _normalize(compact: str, region: str | None) -> str | None:
+def _normalize(compact: str, region: str | None) -> tuple[str | None, str | None]:
+    """(E.164 digits or None when not possible, why the number is ambiguous or None)."""
     import phonenumbers
 
-    intl = ("+" + compact.lstrip("+"), None)
     if compact.startswith("+") or not region:
-        # Bare digits are international digits, the API's own format.
-        candidates = [intl]
+        # Clearly international: "+", "00" (made "+" by compact_number), or bare digits with no
+        # region to read them in (the API's own format).
+        text, reading = "+" + compact.lstrip("+"), None
     else:
-        # Local forms begin with the region's trunk prefix ("0" in IL): read those nationally,
-        # other bare digits internationally first. Regions without a trunk prefix (US) read
-        # nationally first; phonenumbers strips their own country code when present.
-        trunk = phonenumbers.PhoneMetadata.metadata_for_region(region).national_prefix
-        national = (compact, region)
-        candidates = [national, intl] if not trunk or compact.startswith(trunk) else [intl, national]
-    for text, reg in candidates:
-        try:
-            number = phonenumbers.parse(text, reg)
-        except phonenumbers.NumberParseException:
-            continue
-        if phonenumbers.is_possible_number(number):
-            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
-    return None
+        # The region's national reading. phonenumbers strips the region's trunk prefix ("0" in
+        # IL, "1" in the US), its international call prefix ("011" in the US) and its own country
+        # code when the number carries it ("972501234567" in IL). Never a fallback to another
+        # reading: "2025550123" in the US is Washington, not Egypt.
+        text, reading = compact, region
+    try:
+        number = phonenumbers.parse(text, reading)
+    except phonenumbers.NumberParseException:
+        return None, None
+    if not phonenumbers.is_possible_number(number):
+        return None, None
+    if reading is not None:
+        # Digits that hold the region's own country code after any trunk prefix, which
+        # phonenumbers kept inside the national number: "0972501234567" in IL reads as the
+        # (possible, invalid) Israeli number +972 972501234567 and as +972 50-123-4567. When the
+        # national reading is invalid, or the international one is valid too, nobody can tell
+        # which was meant: refuse rather than pick one. ("9123456789" in IN stays a valid
+        # Indian mobile: +91 23456789 is not a valid number.)
+        nsn = phonenumbers.national_significant_number(number)
+        own_code = str(number.country_code)
+        if nsn.startswith(own_code):
+            other = phonenumbers.parse("+" + nsn, None)
+            if phonenumbers.is_possible_number(other) and (
+                not phonenumbers.is_valid_number(number) or phonenumbers.is_valid_number(other)
+            ):
+                return None, (
+                    f"ambiguous in region {reading}: it reads as +{own_code} {nsn} and as +{nsn}; "
+                    "write it with + for an international number"
+                )
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:], None
 
 
 def validate_region(region: Any) -> str | None:
@@ -101,24 +133,75 @@ def validate_region(region: Any) -> str | None:
     return region.upper()
 
 
+# Characters no message field may carry: C0 and C1 controls other than tab, new line and carriage
+# return, DEL, and lone surrogates (which cannot be encoded as UTF-8 JSON at all).
+_FORBIDDEN_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+_ASCII_VISIBLE = re.compile(r"[!-~]")
+# Letters and marks that render as nothing: combining grapheme joiner, Hangul fillers.
+_BLANK_GLYPHS = frozenset("\u034f\u115f\u1160\u3164\uffa0")
+
+
+def _has_visible(text: str) -> bool:
+    """Whether a reader would see anything: a character that is not whitespace, not a format
+    character (zero-width spaces and joiners, bidi controls, soft hyphen: Unicode category Cf), not
+    a control and not a blank glyph."""
+    if _ASCII_VISIBLE.search(text):  # nearly every real message: no per-character loop
+        return True
+    import unicodedata
+
+    return any(
+        not ch.isspace() and ch not in _BLANK_GLYPHS and unicodedata.category(ch) not in ("Cc", "Cf", "Cs")
+        for ch in text
+    )
+
+
+#: Whitespace or a control character inside an id, a link or a path.
+SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+def _refuse_forbidden(value: str, field: str, original: Any) -> None:
+    bad = _FORBIDDEN_CHARS.search(value)
+    if bad is not None:
+        raise WhatsAppValidationError(
+            field, original, f"holds the character U+{ord(bad.group(0)):04X}, which cannot be sent"
+        )
+
+
 def validate_body(body: Any, *, field: str = "body", limit: int = MAX_BODY_CHARS) -> str:
-    """A message text: a non-blank string of at most ``limit`` characters."""
+    """A message text: at most ``limit`` characters with at least one a reader can see, and no
+    NUL or other control character (tab and new line are fine)."""
     if not isinstance(body, str):
         raise WhatsAppValidationError(field, body, f"expected text, got {type(body).__name__}")
-    if not body.strip():
-        raise WhatsAppValidationError(field, body, "the message text is empty")
+    if not _has_visible(body):
+        raise WhatsAppValidationError(field, body, "the message text is empty (nothing a reader can see)")
     if len(body) > limit:
         raise WhatsAppValidationError(field, body, f"{len(body)} characters, WhatsApp allows at most {limit}")
+    _refuse_forbidden(body, field, body)
     return body
 
 
 def validate_optional_text(value: Any, *, field: str) -> str | None:
-    """An optional string argument (``reply_to``): None, or a non-blank string."""
+    """An optional message id (``reply_to``): None, or 1 to 128 characters without whitespace or
+    control characters (the API's ``unique`` ids are 32 hex digits)."""
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
         raise WhatsAppValidationError(field, value, "expected a non-empty string or None")
-    return value.strip()
+    return validate_message_id(value.strip(), field=field, original=value)
+
+
+def validate_message_id(value: str, *, field: str, original: Any = None) -> str:
+    """A ``unique`` message id, ours or the API's: 1 to ``MAX_UNIQUE_CHARS`` characters, none of
+    them whitespace or a control character."""
+    original = value if original is None else original
+    if not value or len(value) > MAX_UNIQUE_CHARS:
+        raise WhatsAppValidationError(
+            field, original, f"a message id has 1 to {MAX_UNIQUE_CHARS} characters, got {len(value)}"
+        )
+    _refuse_forbidden(value, field, original)
+    if SPACE_OR_CONTROL.search(value):
+        raise WhatsAppValidationError(field, original, "a message id holds no spaces or line breaks")
+    return value
 
 
 def validate_template_name(name: Any, *, field: str = "template") -> str:
@@ -153,10 +236,14 @@ def validate_template_variables(variables: Any, *, field: str = "variables") -> 
                 f"expected text for {{{{{number}}}}}, got {type(value).__name__}",
             )
         text = str(value)
-        if not text.strip():
-            raise WhatsAppValidationError(
-                f"{field}[{number - 1}]", value, f"empty value for {{{{{number}}}}}"
-            )
+        where = f"{field}[{number - 1}]"
+        if not _has_visible(text):
+            raise WhatsAppValidationError(where, value, f"empty value for {{{{{number}}}}}")
+        _refuse_forbidden(text, where, value)
+        problem = template_variable_problem(text)
+        if problem is not None:
+            # The notifier collapses whitespace in its variables for this reason (collapse_whitespace).
+            raise WhatsAppValidationError(where, value, f"{problem} (error 132018)")
         result.append(text)
     return tuple(result)
 
@@ -166,7 +253,7 @@ def validate_header(header_type: Any, header_link: Any) -> tuple[int, str | None
     with an ``https://`` link to the media. Digit strings (from templated fields) are accepted."""
     if header_type is None or header_type == "":
         header_type = HEADER_NONE
-    elif isinstance(header_type, str) and header_type.strip().isdigit():
+    elif isinstance(header_type, str) and header_type.strip().isascii() and header_type.strip().isdigit():
         header_type = int(header_type)
     if isinstance(header_type, bool) or not isinstance(header_type, int) or header_type not in HEADER_TYPES:
         raise WhatsAppValidationError(
@@ -183,6 +270,10 @@ def validate_header(header_type: Any, header_link: Any) -> tuple[int, str | None
             "header_link", header_link, f"header_type {header_type} needs an https link"
         )
     link = header_link.strip()
+    if SPACE_OR_CONTROL.search(link):
+        raise WhatsAppValidationError(
+            "header_link", header_link, "a link holds no spaces, line breaks or control characters"
+        )
     parts = urlsplit(link)
     if parts.scheme != "https" or not parts.hostname:
         raise WhatsAppValidationError(

@@ -13,9 +13,11 @@ Connection settings make retries fast: backoff 10 ms, waits capped at 0.1 s (Ret
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +51,8 @@ CLIENT = "972501234567"
 FAST = {"backoff_factor": 0.01, "max_retry_wait": 0.1, "timeout": [0.3, 0.5]}
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 MANY = 99  # "every request from now on" for a queued simulator fault
+# The connection's proxies, for the rows that need one (set by fault_server, cleared after).
+PROXY: dict[str, str] = {}
 
 SUCCESS, SKIPPED, FAILED = "success", "skipped", "failed"
 OK_ANSWER = '{"status":"OK","reason":1,"unique":"m-1","to":"972501234567"}'
@@ -59,7 +63,9 @@ class Fault:
     """One row of the matrix.
 
     ``sim``: ``fail_next`` arguments (``n`` = how many requests), or ``server``: one of
-    ``"refused"``, ``"unresponsive"``, or a raw-socket behaviour (``"cut_body"``, ``"hang_up"``).
+    ``"refused"``, ``"unresponsive"``, ``"dead_proxy"`` (the simulator behind a proxy that refuses),
+    ``"gateway_502"``/``"gateway_504"`` (a gateway forwarding to the simulator, then answering that
+    status), or a raw-socket behaviour (``"cut_body"``, ``"hang_up"``, ``"gzip_bomb"``).
     ``hook``: the error the hook raises, None for a successful send. ``hook_requests``: requests
     the server saw from one ``send_message``. ``task``: (final state, try number) with
     ``retries=1``. ``task_requests``: requests the server saw from both tries.
@@ -92,12 +98,8 @@ MATRIX: dict[str, Fault] = {
         Fault(None, 2, (SUCCESS, 1), 2, sim={"status": 429}),
     "429 without Retry-After throughout":
         Fault(WhatsAppTransientError, 3, (FAILED, 2), 6, sim={"status": 429, "n": MANY}),
-    "502 throughout":
-        Fault(WhatsAppTransientError, 3, (FAILED, 2), 6, sim={"status": 502, "n": MANY}),
     "503 twice, hook recovers":
         Fault(None, 3, (SUCCESS, 1), 3, sim={"status": 503, "n": 2}),
-    "504 throughout":
-        Fault(WhatsAppTransientError, 3, (FAILED, 2), 6, sim={"status": 504, "n": MANY}),
     "connection refused":
         Fault(WhatsAppTransientError, 0, (FAILED, 2), 0, server="refused"),
     "connect timeout":
@@ -111,6 +113,37 @@ MATRIX: dict[str, Fault] = {
         Fault(WhatsAppDeliveryUnknownError, 1, (FAILED, 2), 2, server="cut_body"),
     "connection closed without an answer":
         Fault(WhatsAppDeliveryUnknownError, 1, (FAILED, 2), 2, server="hang_up"),
+    # A gateway's 502/504 may come after the API took the message: never re-sent by the hook.
+    "502 throughout":
+        Fault(WhatsAppDeliveryUnknownError, 1, (FAILED, 2), 2, sim={"status": 502, "n": MANY}),
+    "504 throughout":
+        Fault(WhatsAppDeliveryUnknownError, 1, (FAILED, 2), 2, sim={"status": 504, "n": MANY}),
+    # The same through a real gateway in front of the simulator: the count is of messages the
+    # simulator accepted, so a retry would show as a duplicate delivery.
+    "gateway 502 after the API took the message":
+        Fault(WhatsAppDeliveryUnknownError, 1, (FAILED, 2), 2, server="gateway_502"),
+    "gateway 504 after the API took the message":
+        Fault(WhatsAppDeliveryUnknownError, 1, (FAILED, 2), 2, server="gateway_504"),
+    # Not a whole number of seconds: unusable, so treated as absent; still the rate limit it is.
+    "429 with Retry-After 1.5 once":
+        Fault(None, 2, (SUCCESS, 1), 2, sim={"status": 429, "retry_after": "1.5"}),
+    "429 with Retry-After -5 once":
+        Fault(None, 2, (SUCCESS, 1), 2, sim={"status": 429, "retry_after": "-5"}),
+    "429 with Retry-After 'soon' throughout":
+        Fault(WhatsAppTransientError, 3, (FAILED, 2), 6, sim={"status": 429, "retry_after": "soon", "n": MANY}),
+    "503 with Retry-After 'soon' once":
+        Fault(None, 2, (SUCCESS, 1), 2, sim={"status": 503, "retry_after": "soon"}),
+    # A proxy that refuses: nothing reached the API.
+    "proxy refuses":
+        Fault(WhatsAppTransientError, 0, (FAILED, 2), 0, server="dead_proxy"),
+    # Answers no API sends; each fails without a retry (a retry could send twice).
+    "JSON nested 100,000 deep":
+        Fault(WhatsAppResponseError, 1, (FAILED, 1), 1, sim={"body": "[" * 100_000 + "]" * 100_000, "n": MANY}),
+    "5 MB answer":
+        Fault(WhatsAppResponseError, 1, (FAILED, 1), 1,
+              sim={"body": '{"status":"OK","reason":1,"unique":"m-1","x":"' + "a" * 5_000_000 + '"}', "n": MANY}),
+    "gzip bomb":
+        Fault(WhatsAppResponseError, 1, (FAILED, 1), 1, server="gzip_bomb"),
     # An answer that is not the documented JSON: unclear, failed without any retry.
     "body cut mid-JSON":
         Fault(WhatsAppResponseError, 1, (FAILED, 1), 1, sim={"body": '{"status":"OK","reason":1,"uni', "n": MANY}),
@@ -175,6 +208,13 @@ class BrokenServer:
                     if not data:
                         continue
                     self.count += 1
+                    if self.behaviour == "gzip_bomb":
+                        bomb = gzip_bomb()
+                        conn.sendall(
+                            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                            + f"Content-Length: {len(bomb)}\r\n\r\n".encode()
+                            + bomb
+                        )
                     if self.behaviour == "cut_body":
                         conn.sendall(
                             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n"
@@ -193,10 +233,76 @@ class BrokenServer:
         self._sock.close()
 
 
+class GatewayServer:
+    """A reverse proxy in front of a simulator that forwards each request, lets the simulator take
+    the message, then answers ``status`` itself: a gateway that lost the answer (502) or stopped
+    waiting for it (504)."""
+
+    def __init__(self, status: int, upstream: str) -> None:
+        import http.client
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        target = urlsplit(upstream)
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=5)
+                conn.request("POST", self.path, body, dict(self.headers))
+                conn.getresponse().read()  # the API answered: the message is taken
+                conn.close()
+                page = f"<html><h1>{status} gateway error</h1></html>".encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01})
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> GatewayServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+@functools.cache
+def gzip_bomb(size: int = 200_000_000) -> bytes:
+    """A gzip stream of ``size`` "0" bytes (about 200 KB for 200 MB), made once."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    block = b"0" * 1_000_000
+    return b"".join(compressor.compress(block) for _ in range(size // len(block))) + compressor.flush()
+
+
 @contextmanager
 def fault_server(fault: Fault) -> Iterator[tuple[str, Callable[[], int]]]:
     """Yield (base_url, count of requests the server saw) with the fault armed."""
-    if fault.server == "simulator":
+    if fault.server.startswith("gateway_"):
+        with WhatsAppSimulator() as sim:
+            sim.open_window(CLIENT)
+            with GatewayServer(int(fault.server.rsplit("_", 1)[1]), sim.base_url) as gateway:
+                yield gateway.base_url, lambda: len(sim.sent)
+    elif fault.server == "dead_proxy":
+        with WhatsAppSimulator() as sim, refused_address() as proxy:
+            sim.open_window(CLIENT)
+            PROXY["http"] = proxy
+            try:
+                yield sim.base_url, lambda: len(sim.requests)
+            finally:
+                PROXY.clear()
+    elif fault.server == "simulator":
         with WhatsAppSimulator() as sim:
             sim.open_window(CLIENT)
             kwargs = dict(fault.sim)
@@ -209,6 +315,7 @@ def fault_server(fault: Fault) -> Iterator[tuple[str, Callable[[], int]]]:
         with unresponsive_address() as base_url:
             yield base_url, lambda: 0
     else:
+        gzip_bomb()  # made before the request arrives, so its cost is not the server's latency
         with BrokenServer(fault.server) as server:
             yield server.base_url, lambda: server.count
 
@@ -230,7 +337,7 @@ def settled_count(count: Callable[[], int], expected: int) -> int:
 def test_fault_through_the_hook(name, wa019_env):
     fault = MATRIX[name]
     with fault_server(fault) as (base_url, count):
-        wa019_env(host=base_url, password=DEFAULT_TOKEN, sender=DEFAULT_SENDER, **FAST)
+        wa019_env(host=base_url, password=DEFAULT_TOKEN, sender=DEFAULT_SENDER, proxies=dict(PROXY), **FAST)
         with WhatsAppHook() as hook:
             if fault.hook is None:
                 result = hook.send_message(CLIENT, "Your order shipped")
@@ -251,7 +358,7 @@ def test_fault_through_the_hook(name, wa019_env):
 def test_fault_through_a_task_run(name, wa019_env, airflow_db):
     fault = MATRIX[name]
     with fault_server(fault) as (base_url, count):
-        wa019_env(host=base_url, password=DEFAULT_TOKEN, sender=DEFAULT_SENDER, **FAST)
+        wa019_env(host=base_url, password=DEFAULT_TOKEN, sender=DEFAULT_SENDER, proxies=dict(PROXY), **FAST)
         with DAG(f"fault_{abs(hash(name))}", schedule=None, start_date=START, catchup=False) as dag:
             WhatsAppSendOperator(
                 task_id="send",

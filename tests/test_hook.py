@@ -334,12 +334,30 @@ def test_429_every_time_is_a_transient_error(sim, hook):
     assert sim.sent == []
 
 
-@pytest.mark.parametrize("status", [502, 503, 504])
-def test_gateway_errors_are_retried(sim, hook, status):
-    sim.fail_next(status=status)
+def test_503_is_retried(sim, hook):
+    sim.fail_next(status=503)
     hook.send_message(CLIENT, "hi")
-    assert [r.response_status for r in sim.requests] == [status, 200]
+    assert [r.response_status for r in sim.requests] == [503, 200]
     assert len(sim.sent) == 1
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_gateway_errors_on_a_send_are_delivery_unknown_and_not_retried(sim, hook, status):
+    # A gateway answers 502/504 when it lost the API's answer or stopped waiting for it; the API
+    # may have taken the message. Sending it again could deliver it twice.
+    sim.fail_next(status=status)
+    with pytest.raises(WhatsAppDeliveryUnknownError, match=f"HTTP {status}") as err:
+        hook.send_message(CLIENT, "hi")
+    assert (err.value.http_status, err.value.retryable) == (status, True)
+    assert [r.response_status for r in sim.requests] == [status]
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_gateway_errors_on_a_read_are_retried(sim, hook, status):
+    # The template listing sends nothing: asking again is safe.
+    sim.fail_next(status=status, path="/whatsapp-api/get-phone-templates")
+    assert hook.get_templates() == []
+    assert [r.response_status for r in sim.requests] == [status, 200]
 
 
 def test_http_500_is_delivery_unknown_and_not_retried(sim, hook):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -189,12 +190,28 @@ def test_known_spellings_of_one_israeli_mobile(written, region):
 # --------------------------------------------------------------------------------------------
 # Body validation
 
+# Letters and marks that render as nothing (combining grapheme joiner, Hangul fillers).
+BLANK_GLYPHS = "\u034f\u115f\u1160\u3164\uffa0"
+
 
 @FAST
 @given(body=st.one_of(ANY_VALUE, st.text(min_size=MAX_BODY_CHARS - 2, max_size=MAX_BODY_CHARS + 2)))
 def test_validate_body_returns_the_text_unchanged_or_a_validation_error(body):
     result = outcome(validate_body, body)
-    valid = isinstance(body, str) and bool(body.strip()) and len(body) <= MAX_BODY_CHARS
+    valid = (
+        isinstance(body, str)
+        and len(body) <= MAX_BODY_CHARS
+        # Something a reader sees: not whitespace, not a format character (zero-width, bidi).
+        and any(
+            not c.isspace() and c not in BLANK_GLYPHS and unicodedata.category(c) not in ("Cc", "Cf", "Cs")
+            for c in body
+        )
+        # Nothing that cannot be sent: NUL and other controls (tab and line breaks are text).
+        and not any(
+            (unicodedata.category(c) == "Cc" and c not in "\t\n\r") or unicodedata.category(c) == "Cs"
+            for c in body
+        )
+    )
     if isinstance(result, WhatsAppValidationError):
         assert result.field == "body"
         assert not valid
@@ -271,7 +288,8 @@ def test_any_json_parses_to_a_result_or_a_typed_error(body):
 
 @FAST
 @given(
-    unique=st.text(min_size=1, max_size=40),
+    # A message id: printable ASCII without spaces (it is quoted back as replyTo).
+    unique=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40),
     timestamp=st.integers(min_value=0, max_value=4_102_444_800),
     window=st.integers(min_value=0, max_value=1440),
     as_strings=st.booleans(),

@@ -365,7 +365,7 @@ def test_raw_body_faults(
     response = http.post(
         sim.base_url + SEND_PATH,
         json={"from": SENDER, "to": CLIENT, "body": "x"},
-        headers={"Authorization": "Bearer x"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
     )
     assert (response.status_code, response.headers["Content-Type"]) == (status, content_type)
     assert response.headers["Content-Length"] == str(len(response.content))

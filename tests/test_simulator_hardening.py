@@ -242,6 +242,36 @@ def test_a_zero_placeholder_does_not_crash_the_handler(
     assert (answer["reason"], answer["body"]) == (Reason.OK, "Literal {{0}} stays")
 
 
+# -- 4. faults are for authorized requests only ------------------------------------------------
+
+
+@pytest.mark.parametrize("token", ["wrong", None, ""])
+def test_a_bad_token_request_does_not_use_up_a_fault(
+    sim: WhatsAppSimulator, http: requests.Session, token: str | None
+) -> None:
+    sim.open_window(CLIENT)
+    sim.fail_next(reason=6)
+    sim.fail_next(status=503, path="/whatsapp-api/get-phone-templates")
+    assert send(sim, http, token=token) == {
+        "status": "FAIL", "reason": Reason.BAD_TOKEN, "message": "wrong API token",
+    }  # fmt: skip
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    listing = http.get(
+        sim.base_url + f"/whatsapp-api/get-phone-templates/{SENDER}", headers=headers, timeout=5
+    )
+    assert listing.status_code == 401
+    assert sim.pending_faults == 2
+    assert send(sim, http)["reason"] == Reason.WHATSAPP_ERROR  # the first authorized request gets it
+    listing = http.get(
+        sim.base_url + f"/whatsapp-api/get-phone-templates/{SENDER}",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=5,
+    )
+    assert listing.status_code == 503
+    assert sim.pending_faults == 0
+    assert [r.response_status for r in sim.requests] == [200, 401, 200, 503]
+
+
 # -- 5. the clock control endpoint ------------------------------------------------------------
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import random
+import re
+import string
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -15,7 +20,14 @@ from urllib.parse import quote, urlsplit
 import requests
 from airflow.providers.common.compat.sdk import BaseHook
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    InvalidHeader,
+    NewConnectionError,
+    ProxyError,
+    ReadTimeoutError,
+)
+from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.util.retry import Retry
 
 from airflow_provider_wa019 import __version__
@@ -27,6 +39,7 @@ from airflow_provider_wa019.api import (
     Reason,
     SendResult,
     WhatsAppTemplate,
+    compact_json,
     decode_json_object,
     parse_send_response,
     parse_templates_response,
@@ -41,8 +54,11 @@ from airflow_provider_wa019.exceptions import (
     WhatsAppResponseError,
     WhatsAppTransientError,
     WhatsAppValidationError,
+    excerpt,
 )
+from airflow_provider_wa019.masking import SecretRedactor
 from airflow_provider_wa019.validation import (
+    SPACE_OR_CONTROL,
     mask_number,
     normalize_number,
     validate_body,
@@ -59,9 +75,24 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_BACKOFF_FACTOR = 0.5
 DEFAULT_MAX_RETRY_WAIT = 30.0
 
-# Answers that mean "not processed, come back later": a rate limit, or a gateway/overload error
-# raised in front of the application. Retrying them cannot duplicate a message.
-TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+# Answers that mean "not processed, come back later": a rate limit, or an overloaded service
+# refusing work. Retrying them cannot duplicate a message.
+NOT_PROCESSED_STATUSES = frozenset({429, 503})
+# Gateway errors: the gateway gave up waiting for the API (504) or lost its answer (502) while the
+# API may well have processed the message. "Delivery unknown" for a send (never retried by the
+# hook, the task's retries decide); retried only for a read, where a repeat sends nothing.
+GATEWAY_STATUSES = frozenset({502, 504})
+_READ_ONLY_METHODS = frozenset({"GET"})
+
+#: At most this much of an answer is read, after decompression. Documented send answers are a
+#: few hundred bytes; a template listing may hold many templates.
+MAX_SEND_ANSWER_BYTES = 64 * 1024
+MAX_LISTING_ANSWER_BYTES = 1024 * 1024
+_READ_CHUNK = 16 * 1024
+#: Limits of the connection's numeric extras: beyond them a value is a typo, not a setting.
+MAX_TIMEOUT_SECONDS = 3600.0
+_NAMED_TEMPLATES = 10
+MAX_ATTEMPTS_LIMIT = 10
 
 #: Refusals after which a template may go out instead: nothing was sent, and a template may be.
 FALLBACK_REASONS = frozenset({Reason.WINDOW_CLOSED, Reason.FIRST_CONTACT})
@@ -88,6 +119,8 @@ class WhatsAppSettings:
     max_attempts: int
     backoff_factor: float
     max_retry_wait: float
+    #: Blanks the token in answers (every spelling); built once with the settings.
+    redactor: SecretRedactor = field(repr=False)
 
 
 class _BearerAuth(requests.auth.AuthBase):
@@ -106,7 +139,7 @@ class _BearerAuth(requests.auth.AuthBase):
 
 class _TransportRetry(Retry):
     """urllib3's retry policy with the server's ``Retry-After`` capped, so one rate-limit answer
-    cannot park a worker slot for an hour."""
+    cannot park a worker slot for an hour, and gateway errors retried only for reads."""
 
     max_retry_after: float = DEFAULT_MAX_RETRY_WAIT
 
@@ -115,9 +148,20 @@ class _TransportRetry(Retry):
         retry.max_retry_after = self.max_retry_after
         return retry
 
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        # A 502/504 to a POST may come after the API took the message: never sent again here.
+        if status_code in GATEWAY_STATUSES and method.upper() not in _READ_ONLY_METHODS:
+            return False
+        return super().is_retry(method, status_code, has_retry_after)
+
     def get_retry_after(self, response: Any) -> float | None:
-        seconds = super().get_retry_after(response)
-        return None if seconds is None else min(seconds, self.max_retry_after)
+        try:
+            seconds = super().get_retry_after(response)
+        except InvalidHeader:
+            # "1.5", "-5", "soon": unusable, so absent. The answer is still the rate limit it is,
+            # retried after the usual backoff.
+            return None
+        return None if seconds is None else min(max(seconds, 0.0), self.max_retry_after)
 
 
 class WhatsAppHook(BaseHook):
@@ -174,36 +218,46 @@ class WhatsAppHook(BaseHook):
 
     @cached_property
     def settings(self) -> WhatsAppSettings:
-        """The connection's settings, read and checked once per hook."""
+        """The connection's settings, read and checked once per hook.
+
+        :raises WhatsAppConfigError: naming the connection and the setting, never the token.
+        """
         conn = self.get_connection(self.wa019_conn_id)
         conn_id = self.wa019_conn_id
-        token = (conn.password or "").strip()
-        if not token:
-            raise WhatsAppConfigError(
-                f"connection {conn_id!r} has no API token: put the 019sms bearer token in its password field"
-            )
-        extra = conn.extra_dejson or {}
-        if not isinstance(extra, dict):
-            raise WhatsAppConfigError(f"connection {conn_id!r}: extra must be a JSON object")
+        token = _token(conn_id, conn.password)
+        extra = _extra(conn_id, conn)
         opt = _ExtraReader(conn_id, extra)
         sender = opt.get("sender", (str, int))  # URI query values may arrive as numbers
         region = validate_region(opt.get("default_region", str))
+        try:
+            sender_number = normalize_number(sender, field="sender", region=region) if sender else None
+        except WhatsAppValidationError as err:
+            raise WhatsAppConfigError(f"connection {conn_id!r}: extra 'sender' is unusable: {err}") from None
+        max_attempts = self._max_attempts_override or opt.number(
+            "max_attempts", DEFAULT_MAX_ATTEMPTS, 1, MAX_ATTEMPTS_LIMIT
+        )
+        if isinstance(max_attempts, bool) or max_attempts != int(max_attempts):
+            raise WhatsAppConfigError(
+                f"connection {conn_id!r}: 'max_attempts' must be a whole number from 1 to "
+                f"{MAX_ATTEMPTS_LIMIT}, got {max_attempts!r}"
+            )
         return WhatsAppSettings(
             conn_id=conn_id,
-            base_url=_base_url(conn.host, conn.port),
+            base_url=_base_url(conn_id, conn.host, conn.port),
             token=token,
-            sender=normalize_number(sender, field="sender", region=region) if sender else None,
+            sender=sender_number,
             timeout=_timeout(conn_id, self._timeout_override or opt.get("timeout", (int, float, str, list))),
-            proxies=opt.get("proxies", dict) or {},
-            send_path=_path(opt.get("send_path", str) or SEND_PATH),
-            template_path=_path(opt.get("template_path", str) or TEMPLATE_PATH),
-            templates_path=_path(opt.get("templates_path", str) or TEMPLATES_PATH),
-            default_region=region,
-            max_attempts=int(
-                self._max_attempts_override or opt.number("max_attempts", DEFAULT_MAX_ATTEMPTS, 1)
+            proxies=_proxies(conn_id, opt.get("proxies", dict) or {}),
+            send_path=_path(conn_id, "send_path", opt.get("send_path", str) or SEND_PATH),
+            template_path=_path(conn_id, "template_path", opt.get("template_path", str) or TEMPLATE_PATH),
+            templates_path=_path(
+                conn_id, "templates_path", opt.get("templates_path", str) or TEMPLATES_PATH, fields={"phone"}
             ),
-            backoff_factor=opt.number("backoff_factor", DEFAULT_BACKOFF_FACTOR, 0),
-            max_retry_wait=opt.number("max_retry_wait", DEFAULT_MAX_RETRY_WAIT, 0),
+            default_region=region,
+            max_attempts=int(max_attempts),
+            backoff_factor=opt.number("backoff_factor", DEFAULT_BACKOFF_FACTOR, 0, MAX_TIMEOUT_SECONDS),
+            max_retry_wait=opt.number("max_retry_wait", DEFAULT_MAX_RETRY_WAIT, 0, MAX_TIMEOUT_SECONDS),
+            redactor=SecretRedactor(token),
         )
 
     @cached_property
@@ -213,7 +267,12 @@ class WhatsAppHook(BaseHook):
         session = requests.Session()
         session.auth = _BearerAuth(cfg.token)
         session.headers.update(
-            {"Accept": "application/json", "User-Agent": f"airflow-provider-wa019/{__version__}"}
+            {
+                "Accept": "application/json",
+                # Only what _read_answer decodes itself, with its size cap applied to the output.
+                "Accept-Encoding": "gzip, deflate",
+                "User-Agent": f"airflow-provider-wa019/{__version__}",
+            }
         )
         # Read the environment's proxy and CA settings once, here. With trust_env on, requests
         # re-reads the whole environment and ~/.netrc on every send (a sixth of a send's cost),
@@ -233,9 +292,10 @@ class WhatsAppHook(BaseHook):
             read=False,
             other=0,
             redirect=False,
-            # 429/502/503/504 are answered before the API processes the request.
+            # 429/503 are answered before the API processes the request; 502/504 only for reads
+            # (_TransportRetry.is_retry).
             status=cfg.max_attempts - 1,
-            status_forcelist=TRANSIENT_STATUSES,
+            status_forcelist=NOT_PROCESSED_STATUSES | GATEWAY_STATUSES,
             allowed_methods=frozenset({"GET", "POST"}),
             backoff_factor=cfg.backoff_factor,
             backoff_jitter=cfg.backoff_factor,
@@ -438,13 +498,13 @@ class WhatsAppHook(BaseHook):
                 raise WhatsAppValidationError("template_id", template_id, "expected a non-empty id")
             path = f"{path.rstrip('/')}/{quote(str(template_id).strip(), safe='')}"
         try:
-            response = self._request("GET", cfg.base_url + path)
+            status, body = self._request("GET", cfg.base_url + path, limit=MAX_LISTING_ANSWER_BYTES)
         except WhatsAppDeliveryUnknownError as err:
             # A listing sends nothing: "delivery unknown" would mislead, and asking again is safe.
             raise WhatsAppTransientError(
                 f"template listing: {err.detail}; nothing was sent", http_status=err.http_status
             ) from err
-        return parse_templates_response(response.status_code, response.content)
+        return parse_templates_response(status, body, scrub=cfg.redactor.text)
 
     def _templates_named(self, name: str, sender: str) -> list[WhatsAppTemplate]:
         if sender not in self._template_cache:
@@ -454,7 +514,10 @@ class WhatsAppHook(BaseHook):
         matches = [t for t in templates if t.name == name]
         if not matches:
             names = sorted({t.name for t in templates})
-            known = ", ".join(names) or "none"
+            # An account may hold hundreds: name a few, count the rest.
+            known = ", ".join(names[:_NAMED_TEMPLATES]) or "none"
+            if len(names) > _NAMED_TEMPLATES:
+                known += f" and {len(names) - _NAMED_TEMPLATES} more"
             raise WhatsAppValidationError(
                 "template", name, f"sender {sender} has no such template (it has: {known})"
             )
@@ -482,9 +545,9 @@ class WhatsAppHook(BaseHook):
                 attempt,
                 cfg.max_attempts,
             )
-            response = self._request("POST", url, json=payload)
+            status, body = self._request("POST", url, limit=MAX_SEND_ANSWER_BYTES, json=payload)
             try:
-                result = parse_send_response(response.status_code, response.content)
+                result = parse_send_response(status, body, scrub=cfg.redactor.text)
             except WhatsAppAPIError as err:
                 if err.reason != Reason.WHATSAPP_ERROR or attempt == cfg.max_attempts:
                     raise
@@ -505,30 +568,42 @@ class WhatsAppHook(BaseHook):
         cfg = self.settings
         return min(cfg.max_retry_wait, cfg.backoff_factor * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
-    def _request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        """One HTTP exchange (urllib3 retries connects and 429/502/503/504 inside it), with the
-        outcome classified by whether the message could have been delivered."""
+    def _request(self, method: str, url: str, *, limit: int, **kwargs: Any) -> tuple[int, bytes]:
+        """One HTTP exchange (urllib3 retries connects, 429 and 503 inside it, and 502/504 for a
+        GET), with the outcome classified by whether the message could have been delivered.
+
+        :return: the HTTP status (200) and the answer's body, at most ``limit`` bytes once
+            decompressed, with the token blanked in it.
+        """
         cfg = self.settings
         try:
-            response = self.session.request(method, url, timeout=cfg.timeout, allow_redirects=False, **kwargs)
+            response = self.session.request(
+                method, url, timeout=cfg.timeout, allow_redirects=False, stream=True, **kwargs
+            )
         except requests.RequestException as exc:
             raise _transport_error(exc, url, cfg) from exc
-        if cfg.token.encode() in response.content:
-            # An answer that echoes our Authorization header (a gateway's debug page, a "bad
-            # request" quoting it) would carry the token into errors, logs and XCom: blank it.
-            response._content = response.content.replace(cfg.token.encode(), b"***")
         status = response.status_code
+        try:
+            # Anything but a 200 is only quoted in an error: cut it rather than refuse it.
+            body = cfg.redactor.bytes(self._read_answer(response, url, limit, cut=status != 200))
+        finally:
+            response.close()  # a no-op after a complete read (the connection is back in the pool)
         if status in (401, 403):
             # A refused token: retrying cannot help and would only repeat the refusal.
             raise WhatsAppAPIError(
                 Reason.BAD_TOKEN,
                 http_status=status,
-                response=_json_or_empty(response),
+                response=compact_json(self._decode_or_empty(status, body)),
                 detail=f"HTTP {status}: check the token in connection {cfg.conn_id!r}",
             )
-        if status in TRANSIENT_STATUSES:
+        if status in NOT_PROCESSED_STATUSES or (status in GATEWAY_STATUSES and method in _READ_ONLY_METHODS):
             raise WhatsAppTransientError(
                 f"019sms answered HTTP {status} on all {cfg.max_attempts} tries; nothing was sent",
+                http_status=status,
+            )
+        if status in GATEWAY_STATUSES:
+            raise WhatsAppDeliveryUnknownError(
+                f"a gateway answered HTTP {status} (the API behind it may have taken the message)",
                 http_status=status,
             )
         if status >= 500:
@@ -537,34 +612,94 @@ class WhatsAppHook(BaseHook):
             raise WhatsAppResponseError(
                 f"HTTP {status} (check the base URL and endpoint paths of connection {cfg.conn_id!r})",
                 http_status=status,
-                body=response.content,
+                body=body,
             )
-        return response
+        return status, body
+
+    def _read_answer(self, response: requests.Response, url: str, limit: int, *, cut: bool) -> bytes:
+        """Read the body: at most ``limit`` bytes after decompression, all of it within the read
+        timeout (a server trickling a byte a second cannot hold a send for minutes)."""
+        cfg = self.settings
+        status = response.status_code
+        encoding = response.headers.get("Content-Encoding", "").strip().lower()
+        if encoding in ("", "identity"):
+            decoder = None
+        elif encoding in ("gzip", "x-gzip", "deflate"):
+            decoder = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)  # zlib or gzip header
+        else:
+            raise WhatsAppResponseError(
+                f"the answer is compressed with {encoding[:40]!r}, which was not asked for",
+                http_status=status,
+                body=b"",
+            )
+        deadline = time.monotonic() + cfg.timeout[1]
+        out = bytearray()
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    raise WhatsAppDeliveryUnknownError(
+                        f"the answer from {_where(url)} took more than {cfg.timeout[1]:g} s to arrive",
+                        http_status=status,
+                    )
+                # read1: one socket read at most, so the deadline is checked between reads.
+                chunk = response.raw.read1(_READ_CHUNK, decode_content=False)
+                if decoder is not None:
+                    # max_length: a gzip bomb inflates no further than the cap.
+                    chunk = decoder.decompress(chunk, limit + 1 - len(out)) if chunk else decoder.flush()
+                if not chunk:
+                    break
+                out += chunk
+                if len(out) > limit:
+                    if cut:
+                        return bytes(out[:limit])
+                    raise WhatsAppResponseError(
+                        f"the answer is larger than {limit // 1024} KiB", http_status=status, body=bytes(out[:1024])
+                    )
+        except zlib.error:
+            raise WhatsAppResponseError(
+                f"the answer could not be decompressed ({encoding})", http_status=status, body=b""
+            ) from None
+        except ReadTimeoutError:
+            raise WhatsAppDeliveryUnknownError(
+                f"no answer from {_where(url)} within {cfg.timeout[1]:g} s", http_status=status
+            ) from None
+        except (Urllib3Error, OSError) as exc:
+            # The answer broke off mid-body: the request was processed.
+            raise WhatsAppDeliveryUnknownError(
+                f"the answer from {_where(url)} broke off mid-body ({exc.__class__.__name__})",
+                http_status=status,
+            ) from None
+        response._content = bytes(out)  # what response.content would have been
+        response._content_consumed = True
+        return response._content
+
+    @staticmethod
+    def _decode_or_empty(status: int, body: bytes) -> dict[str, Any]:
+        try:
+            return decode_json_object(status, body)
+        except WhatsAppResponseError:
+            return {}
 
     # --- read-only calls -------------------------------------------------------------------
-
-    def _get_json(self, path: str) -> dict[str, Any]:
-        response = self._request("GET", self.settings.base_url + path)
-        return decode_json_object(response.status_code, response.content)
 
     def test_connection(self) -> tuple[bool, str]:
         """Check the token and the sender with a read-only call (the template listing).
 
-        Sends no message. Used by the Test button of Airflow's connection form.
+        Sends no message. Used by the Test button of Airflow's connection form. It reads the
+        listing exactly as :meth:`get_templates` does, so it passes only when that would.
         """
         try:
             cfg = self.settings
             if not cfg.sender:
                 return False, f"connection {cfg.conn_id!r} has no 'sender' in its extra"
-            data = self._get_json(cfg.templates_path.format(phone=cfg.sender))
+            templates = self.get_templates()
+        except WhatsAppAPIError as err:
+            if err.reason == Reason.BAD_SENDER_OR_JSON and err.http_status == 200:
+                return False, f"sender {cfg.sender} refused: {err}"
+            return False, str(err)
         except WhatsAppError as err:
             return False, str(err)
-        if data.get("success") is not True:
-            message = data.get("message") or "the API did not confirm the sender"
-            return False, f"sender {cfg.sender} refused: {message}"
-        templates = data.get("templates")
-        count = len(templates) if isinstance(templates, list) else 0
-        return True, f"token accepted; sender {cfg.sender} has {count} WhatsApp template(s)"
+        return True, f"token accepted; sender {cfg.sender} has {len(templates)} WhatsApp template(s)"
 
 
 def _connection_form_info() -> dict[str, Any]:
@@ -574,6 +709,44 @@ def _connection_form_info() -> dict[str, Any]:
         c for c in get_provider_info()["connection-types"] if c["connection-type"] == WhatsAppHook.conn_type
     ]
     return info
+
+
+# A character an HTTP header value cannot carry, or that no bearer token holds: controls (CR and
+# LF would split the header), whitespace, anything outside Latin-1.
+_BAD_TOKEN_CHAR = re.compile(r"[^\x21-\x7e\xa1-\xff]")
+
+
+def _token(conn_id: str, password: Any) -> str:
+    token = (password or "").strip() if isinstance(password, str) or password is None else None
+    if token is None:
+        raise WhatsAppConfigError(f"connection {conn_id!r}: the password (API token) must be text")
+    if not token:
+        raise WhatsAppConfigError(
+            f"connection {conn_id!r} has no API token: put the 019sms bearer token in its password field"
+        )
+    if _BAD_TOKEN_CHAR.search(token):
+        # requests would fail mid-send with an error quoting the header, token and all.
+        raise WhatsAppConfigError(
+            f"connection {conn_id!r}: the API token holds a character an HTTP header cannot carry "
+            "(a space, a line break, a control or non-Latin-1 character); paste the token again"
+        )
+    return token
+
+
+def _extra(conn_id: str, conn: Any) -> dict[str, Any]:
+    raw = getattr(conn, "extra", None)
+    if isinstance(raw, str) and raw.strip():
+        # extra_dejson would log a parse error and return {}: then "no sender" hides the cause.
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            raise WhatsAppConfigError(f"connection {conn_id!r}: extra is not valid JSON") from None
+        if not isinstance(parsed, dict):
+            raise WhatsAppConfigError(f"connection {conn_id!r}: extra must be a JSON object")
+    extra = conn.extra_dejson or {}
+    if not isinstance(extra, dict):
+        raise WhatsAppConfigError(f"connection {conn_id!r}: extra must be a JSON object")
+    return extra
 
 
 class _ExtraReader:
@@ -593,38 +766,88 @@ class _ExtraReader:
             return None
         if not isinstance(value, types) or isinstance(value, bool):
             raise WhatsAppConfigError(
-                f"connection {self._conn_id!r}: extra {name!r} has the wrong type ({value!r})"
+                f"connection {self._conn_id!r}: extra {name!r} has the wrong type ({type(value).__name__})"
             )
         return value
 
-    def number(self, name: str, default: float, minimum: float) -> float:
+    def number(self, name: str, default: float, minimum: float, maximum: float) -> float:
         value = self.get(name, (int, float, str))
         if value is None:
             return default
         try:
             number = float(value)
-        except ValueError:
-            number = float("nan")
-        if not number >= minimum:
+        except (ValueError, OverflowError):
+            number = math.nan
+        # NaN fails both comparisons; inf fails the maximum.
+        if not minimum <= number <= maximum:
             raise WhatsAppConfigError(
-                f"connection {self._conn_id!r}: extra {name!r} must be a number >= {minimum}, got {value!r}"
+                f"connection {self._conn_id!r}: extra {name!r} must be a number from {minimum:g} to "
+                f"{maximum:g}, got {_short(value)}"
             )
         return number
 
 
-def _base_url(host: str | None, port: int | None) -> str:
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _base_url(conn_id: str, host: str | None, port: int | None) -> str:
+    """``scheme://host[:port]`` from the connection's host and port, or a typed error.
+
+    Error texts never quote the host: it may hold a user name and password.
+    """
     host = (host or "").strip().rstrip("/") or DEFAULT_BASE_URL
     if "://" not in host:
         host = "https://" + host  # the API is HTTPS-only; plain http is for the loopback simulator
+    where = f"connection {conn_id!r}: host"
     parts = urlsplit(host)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise WhatsAppConfigError(f"connection host {host!r} is not an http(s) base URL")
-    if port and not parts.port:
-        host = f"{parts.scheme}://{parts.netloc}:{port}{parts.path}"
-    return host
+        raise WhatsAppConfigError(f"{where} is not an http(s) base URL such as https://019sms.co.il")
+    if "@" in parts.netloc:
+        raise WhatsAppConfigError(
+            f"{where} holds a user name or password: remove it (the token goes in the password field)"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise WhatsAppConfigError(
+            f"{where} must be a base URL without a path, query or fragment (e.g. https://019sms.co.il); "
+            "set send_path, template_path or templates_path in the extra for other endpoints"
+        )
+    try:
+        host_port = parts.port
+    except ValueError:
+        raise WhatsAppConfigError(f"{where} has a port that is not a number from 1 to 65535") from None
+    if port:  # 0 from some forms means "none"
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise WhatsAppConfigError(f"connection {conn_id!r}: port must be a number from 1 to 65535")
+        if host_port is not None and host_port != port:
+            raise WhatsAppConfigError(
+                f"connection {conn_id!r}: the host names port {host_port} and the port field {port}; "
+                "keep one"
+            )
+        if host_port is None:
+            return f"{parts.scheme}://{parts.netloc}:{port}"
+    return f"{parts.scheme}://{parts.netloc}"
 
 
-def _path(path: str) -> str:
+def _path(conn_id: str, name: str, path: str, fields: frozenset[str] | set[str] = frozenset()) -> str:
+    """An endpoint path, checked: it is formatted with ``fields`` (``{phone}``) and nothing else."""
+    if SPACE_OR_CONTROL.search(path) or "?" in path or "#" in path:
+        raise WhatsAppConfigError(
+            f"connection {conn_id!r}: extra {name!r} must be a URL path without spaces, query or fragment"
+        )
+    if fields:
+        try:
+            used = {f for _, f, spec, conv in string.Formatter().parse(path) if f is not None}
+            bad = [f for _, f, spec, conv in string.Formatter().parse(path) if f is not None and (spec or conv)]
+        except ValueError:
+            used, bad = {"?"}, []
+        if used - set(fields) or bad:
+            allowed = ", ".join("{" + f + "}" for f in sorted(fields))
+            raise WhatsAppConfigError(
+                f"connection {conn_id!r}: extra {name!r} may hold only the placeholder {allowed} "
+                "(and no other braces)"
+            )
     return path if path.startswith("/") else "/" + path
 
 
@@ -636,26 +859,43 @@ def _timeout(conn_id: str, value: Any) -> tuple[float, float]:
             connect, read = (float(v) for v in value)
         else:
             connect = read = float(value)
-    except (TypeError, ValueError):
-        connect = read = float("nan")
-    if not (connect > 0 and read > 0):
+    except (TypeError, ValueError, OverflowError):
+        connect = read = math.nan
+    if not (0 < connect <= MAX_TIMEOUT_SECONDS and 0 < read <= MAX_TIMEOUT_SECONDS):
         raise WhatsAppConfigError(
-            f"connection {conn_id!r}: 'timeout' must be seconds > 0 or [connect, read], got {value!r}"
+            f"connection {conn_id!r}: 'timeout' must be seconds (more than 0, at most "
+            f"{MAX_TIMEOUT_SECONDS:g}) or [connect, read], got {_short(value)}"
         )
     return connect, read
 
 
-def _json_or_empty(response: requests.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
+def _proxies(conn_id: str, value: dict[str, Any]) -> dict[str, str]:
+    for scheme, url in value.items():
+        if not isinstance(scheme, str) or not isinstance(url, str) or not url.strip():
+            raise WhatsAppConfigError(
+                f"connection {conn_id!r}: extra 'proxies' maps a scheme to a proxy URL, e.g. "
+                '{"https": "http://proxy:3128"}'
+            )
+    return dict(value)
+
+
+def _where(url: str) -> str:
+    # Host and port only: never a user name or password, never a query string.
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 
 def _transport_error(exc: requests.RequestException, url: str, cfg: WhatsAppSettings) -> WhatsAppError:
     """Map a requests failure to "not sent" (safe to retry) or "delivery unknown"."""
-    where = urlsplit(url).netloc
+    where = _where(url)
+    if isinstance(exc, requests.exceptions.ProxyError):
+        # urllib3 raises ProxyError only while it has not connected through the proxy yet (the
+        # proxy refused, timed out or failed the tunnel): the request never left for the API.
+        cause = getattr(exc.args[0], "reason", None) if exc.args else None
+        detail = _root(cause.original_error) if isinstance(cause, ProxyError) else exc.__class__.__name__
+        return WhatsAppTransientError(
+            f"could not reach the proxy for {where} on {cfg.max_attempts} tries ({detail}); nothing was sent"
+        )
     if isinstance(exc, requests.ConnectTimeout):
         return WhatsAppTransientError(
             f"could not connect to {where} within {cfg.timeout[0]} s on {cfg.max_attempts} tries; nothing was sent"
@@ -671,7 +911,7 @@ def _transport_error(exc: requests.RequestException, url: str, cfg: WhatsAppSett
         return WhatsAppConfigError(
             f"TLS handshake with {where} failed ({exc.__class__.__name__}); nothing was sent"
         )
-    if isinstance(exc, (requests.exceptions.ProxyError, requests.ConnectionError)):
+    if isinstance(exc, requests.ConnectionError):
         cause = exc.args[0] if exc.args else None
         if isinstance(getattr(cause, "reason", None), (NewConnectionError, ConnectTimeoutError)):
             return WhatsAppTransientError(
@@ -679,7 +919,10 @@ def _transport_error(exc: requests.RequestException, url: str, cfg: WhatsAppSett
             )
         # The connection broke after the request was written: it may have been processed.
         return WhatsAppDeliveryUnknownError(f"connection to {where} dropped ({_root(exc)})")
-    return WhatsAppConfigError(f"request to {where} could not be made: {exc.__class__.__name__}: {exc}")
+    text = cfg.redactor.text(str(exc))
+    return WhatsAppConfigError(
+        f"request to {where} could not be made: {exc.__class__.__name__}: {excerpt(text)}"
+    )
 
 
 def _root(exc: BaseException) -> str:

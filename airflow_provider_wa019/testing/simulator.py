@@ -625,7 +625,8 @@ class WhatsAppSimulator:
           an HTML error page, ``""``, a JSON array... ``content_type`` defaults to HTML when the
           body starts with ``<``, else JSON.
 
-        Faults are queued: several calls line up in order. Control requests never consume them.
+        Faults are queued: several calls line up in order. Control requests never consume them,
+        nor do requests with a wrong or missing token (those get reason 3 / HTTP 401 as always).
         ``to`` ties a fault to one recipient, so a bulk send's order does not matter; it is
         normalised like :meth:`open_window`'s number ("+972 50-555-5555" matches "972505555555").
 
@@ -791,7 +792,11 @@ class WhatsAppSimulator:
         """Handle one API request end to end, recording it *before* the answer is written, so a
         client that got its answer always finds its request in ``sim.requests``."""
         received_at = self.now()
-        fault = self._take_fault(path, raw)
+        # Faults stand for the platform failing a request it accepted; one with a wrong or missing
+        # token is refused first (reason 3 / 401) and must not use up a fault meant for a real
+        # send. Unlocked peek at the queue: no token check and no lock when nothing is queued.
+        faultable = bool(self._faults) and self._authorized(headers.get("Authorization"))
+        fault = self._take_fault(path, raw) if faultable else None
         self._acquire_slot()
         try:
             if self._latency > 0:

@@ -1,0 +1,65 @@
+"""Keeping secrets and phone numbers out of what the provider writes (logs, errors, XCom).
+
+Pure Python, no Airflow: the hook, the operators and the notifier all use it.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["SecretRedactor"]
+
+_HEX = "0123456789abcdefABCDEF"
+
+
+def _spellings(ch: str) -> list[bytes]:
+    """Every way ``ch`` can appear in an answer's raw bytes: itself (UTF-8 and Latin-1), as a JSON
+    escape (``\\u002f``, any hex case; ``\\/`` for a slash, as PHP's json_encode writes it) and as
+    a percent-escape (``%2F``, any case)."""
+    code = ord(ch)
+    out = {ch.encode("utf-8")}
+    if code < 256:
+        out.add(bytes([code]))
+    if ch == "/":
+        out.add(b"\\/")
+    options = [re.escape(s) for s in sorted(out)]
+    if code < 0x10000:
+        options.append(b"\\\\u" + b"".join(_case_free(c) for c in f"{code:04x}"))
+    if code < 128:
+        options.append(b"%" + b"".join(_case_free(c) for c in f"{code:02x}"))
+    return options
+
+
+def _case_free(hex_digit: str) -> bytes:
+    if hex_digit in "0123456789":
+        return hex_digit.encode()
+    return f"[{hex_digit.lower()}{hex_digit.upper()}]".encode()
+
+
+class SecretRedactor:
+    """Blanks one secret (the API token) in bytes and text, in every spelling an echo can take.
+
+    An answer that echoes the ``Authorization`` header (a gateway's debug page, a "bad request"
+    quoting it) would carry the token into errors, logs and XCom. The raw bytes are blanked in
+    any JSON- or percent-escaped spelling before they are decoded, and every decoded string again
+    afterwards (:meth:`text`).
+    """
+
+    MASK = "***"
+
+    def __init__(self, secret: str) -> None:
+        if not secret:
+            raise ValueError("nothing to redact")
+        self._secret = secret
+        self._raw = re.compile(b"".join(b"(?:" + b"|".join(_spellings(c)) + b")" for c in secret))
+
+    def __repr__(self) -> str:
+        return "<SecretRedactor ***>"
+
+    def bytes(self, data: bytes) -> bytes:
+        """``data`` with the secret blanked in any raw, JSON-escaped or percent-escaped spelling."""
+        return self._raw.sub(self.MASK.encode(), data)
+
+    def text(self, value: str) -> str:
+        """``value`` with the secret blanked (a decoded string: escapes are already resolved)."""
+        return value.replace(self._secret, self.MASK) if self._secret in value else value
