@@ -72,7 +72,8 @@ class WhatsAppNotifier(BaseNotifier):
     :param body: the message text (templated), at most 4096 characters once rendered (longer
         text is cut, so that an alert with a long traceback still goes out).
     :param template: name of an approved template (templated).
-    :param variables: values for the template's ``{{1}}`` ... ``{{10}}`` (each templated).
+    :param variables: values for the template's ``{{1}}`` ... ``{{10}}`` (each templated; line
+        breaks, tabs and runs of spaces become one space, as WhatsApp requires).
     :param sender: the ``from`` account (templated); defaults to the connection's ``sender``.
     :param wa019_conn_id: the Airflow connection of type ``wa019``.
     """
@@ -158,10 +159,14 @@ class WhatsAppNotifier(BaseNotifier):
             self.log.warning("WhatsApp notification reached %d of %d recipient(s)", sent, len(recipients))
 
     def _send_one(self, hook: WhatsAppHook, number: str) -> tuple[SendResult, str]:
-        from airflow_provider_wa019.api import MAX_BODY_CHARS
+        from airflow_provider_wa019.api import MAX_BODY_CHARS, collapse_whitespace
         from airflow_provider_wa019.operators.whatsapp import template_variables
 
+        # WhatsApp refuses a template variable with a line break, a tab or 5 spaces in a row, and
+        # a rendered "{{ exception }}" or traceback has all of them: one line each, always.
         variables = template_variables(self.variables)
+        if isinstance(variables, (list, tuple)):
+            variables = [collapse_whitespace(v) if isinstance(v, str) else v for v in variables]
         if self.body is None:
             return hook.send_template(number, self.template, variables, sender=self.sender), "template"
         body = str(self.body)
