@@ -626,3 +626,30 @@ def test_every_hook_failure_is_a_provider_error(sim, hook):
         sim.fail_next(body=body)
         with pytest.raises(WhatsAppError):
             hook.send_message(CLIENT, "hi")
+
+
+# --------------------------------------------------------------------------------------------
+# Found on the way: template variable text that is no literal, deep JSON at the simulator
+
+
+def test_variables_text_that_looks_like_a_list_but_is_not_one_is_one_value():
+    from airflow_provider_wa019.operators.whatsapp import template_variables
+
+    assert template_variables("[{[1]: 2}]") == ["[{[1]: 2}]"]
+
+
+def test_the_simulator_answers_a_deeply_nested_request_as_the_platform_would(sim):
+    import urllib.request
+
+    body = ("[" * 100_000 + "]" * 100_000).encode()
+    request = urllib.request.Request(
+        sim.base_url + "/api/whatsapp/sendMessage",
+        data=body,
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert json.loads(answer.read())["reason"] == 2
+    sim.fail_next(status=500, to=CLIENT)  # a fault that must parse the body to match
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert json.loads(answer.read())["reason"] == 2
+    assert sim.pending_faults == 1

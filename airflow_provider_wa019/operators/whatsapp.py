@@ -205,7 +205,8 @@ def template_variables(value: Any) -> Any:
 
         try:
             parsed = ast.literal_eval(text)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
+        # TypeError: "[{[1]: 2}]" (an unhashable key) is no literal either.
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             parsed = None
         if isinstance(parsed, (list, tuple)):
             return list(parsed)

@@ -764,7 +764,8 @@ class WhatsAppSimulator:
         with self._lock:
             to: Any = None
             if any(f.to is not None for f in self._faults):  # parse the body only when a fault needs it
-                with contextlib.suppress(ValueError, AttributeError):
+                # RecursionError: a hostile body thousands of levels deep is simply not a match.
+                with contextlib.suppress(ValueError, AttributeError, RecursionError):
                     to = json.loads(raw).get("to")
             for i, fault in enumerate(self._faults):
                 if _path_matches(fault.path, path) and (fault.to is None or fault.to == to):
@@ -857,7 +858,7 @@ class WhatsAppSimulator:
             raw = raw.replace(token.encode(), b"***")
         try:
             parsed = json.loads(raw) if raw else None
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed = None
         answer = _mask(response.payload, token)  # a send echoes the body, leaked token included
         entry = RecordedRequest(
@@ -910,7 +911,7 @@ class WhatsAppSimulator:
             raise _SimError(Reason.BAD_TOKEN)
         try:
             data = json.loads(raw) if raw else None
-        except ValueError:
+        except (ValueError, RecursionError):  # the platform answers reason 2 to any bad JSON
             data = None
         if not isinstance(data, dict):
             raise _SimError(Reason.BAD_SENDER_OR_JSON, "the request body is not a JSON object")
@@ -1109,7 +1110,7 @@ class WhatsAppSimulator:
                 else:
                     raise ValueError("give 'set' (ISO time), 'advance_minutes' or 'real_time': true")
                 return _Response.json(200, {"ok": True, "now": self.now().isoformat()})
-        except (TypeError, ValueError, OverflowError) as err:  # bad input: tell the caller, never crash
+        except (TypeError, ValueError, OverflowError, RecursionError) as err:  # bad input: tell the caller, never crash
             return _Response.json(400, {"ok": False, "error": str(err)})
         return _Response.json(404, {"ok": False, "error": f"no such control endpoint: {method} {path}"})
 
