@@ -34,7 +34,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "019sms WhatsApp",
-                "python-modules": ["airflow_provider_wa019.operators.whatsapp"],
+                "python-modules": [
+                    "airflow_provider_wa019.operators.whatsapp",
+                    "airflow_provider_wa019.operators.bulk",
+                ],
             }
         ],
         "notifications": ["airflow_provider_wa019.notifications.whatsapp.WhatsAppNotifier"],

@@ -42,7 +42,7 @@ from airflow_provider_wa019.bulk import (
     task_state_store_of,
 )
 from airflow_provider_wa019.hooks.whatsapp import POOL_MAXSIZE, WhatsAppHook
-from airflow_provider_wa019.operators import whatsapp as operators
+from airflow_provider_wa019.operators import bulk as bulk_operators
 from airflow_provider_wa019.operators.whatsapp import WhatsAppBulkSendOperator
 from airflow_provider_wa019.testing import WhatsAppSimulator
 
@@ -650,7 +650,7 @@ def test_simulator_faults_can_target_one_recipient(sim, hook):
 
 
 def test_concurrency_cap_matches_the_hook_pool():
-    assert MAX_CONCURRENCY == POOL_MAXSIZE == operators._BULK_MAX_CONCURRENCY
+    assert MAX_CONCURRENCY == POOL_MAXSIZE == bulk_operators._BULK_MAX_CONCURRENCY
 
 
 @pytest.mark.parametrize(

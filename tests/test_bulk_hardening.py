@@ -14,8 +14,8 @@ from datetime import timedelta
 
 import pendulum
 import pytest
+from airflow.providers.common.compat.sdk import AirflowTaskTimeout  # airflow.sdk.exceptions from 3.2
 from airflow.sdk import DAG, task
-from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow_support import airflow_dags_test, run_dag
 
 from airflow_provider_wa019.api import SEND_PATH

@@ -1,0 +1,60 @@
+"""The bulk-send engine behind ``WhatsAppBulkSendOperator``: many recipients in one task.
+
+Plain Python (no Airflow import at module level), so benchmarks and other callers can drive it
+with a hook and an in-memory ledger. One job per module:
+
+* :mod:`.recipients`: :func:`parse_recipients`, a list of numbers or dicts -> distinct
+  :class:`Recipient` objects, malformed entries kept as invalid (reported, never sent).
+* :mod:`.rate`: :class:`SlidingWindowRateLimiter`, at most N sends *start* in any one-second window.
+* :mod:`.ledger`: :class:`ProgressLedger`, the durable record of which recipients this task
+  instance already reached, so a retry or a cleared re-run never sends to them again, and the
+  stores it is kept in.
+* :mod:`.report`: :class:`Outcome` of one recipient, :class:`BulkReport` of a try, the progress
+  line, log-safe descriptions (phone numbers masked).
+* :mod:`.engine`: :class:`BulkSender`, which sends with at most ``max_concurrency`` requests in
+  flight over the caller's one HTTP session, classifies every answer with the single send's
+  rules, writes the ledger in batches and logs a progress line every few seconds.
+
+Everything public is importable from here (``from airflow_provider_wa019.bulk import BulkSender``).
+"""
+
+from __future__ import annotations
+
+from airflow_provider_wa019.bulk.engine import DEFAULT_MAX_CONCURRENCY, MAX_CONCURRENCY, BulkSender
+from airflow_provider_wa019.bulk.ledger import (
+    CLAIM_BATCH,
+    LEDGER_BATCH,
+    LEDGER_FLUSH_SECONDS,
+    LEDGER_KEY_PREFIX,
+    LedgerStore,
+    MemoryLedgerStore,
+    ProgressLedger,
+    clear_on_success_configured,
+    task_state_store_of,
+)
+from airflow_provider_wa019.bulk.rate import SlidingWindowRateLimiter
+from airflow_provider_wa019.bulk.recipients import Recipient, parse_recipients
+from airflow_provider_wa019.bulk.report import NOT_SENT, BulkReport, Outcome, format_progress, scrub
+
+__all__ = [
+    "CLAIM_BATCH",
+    "DEFAULT_MAX_CONCURRENCY",
+    "LEDGER_BATCH",
+    "LEDGER_FLUSH_SECONDS",
+    "LEDGER_KEY_PREFIX",
+    "MAX_CONCURRENCY",
+    "NOT_SENT",
+    "BulkReport",
+    "BulkSender",
+    "LedgerStore",
+    "MemoryLedgerStore",
+    "Outcome",
+    "ProgressLedger",
+    "Recipient",
+    "SlidingWindowRateLimiter",
+    "clear_on_success_configured",
+    "format_progress",
+    "parse_recipients",
+    "scrub",
+    "task_state_store_of",
+]

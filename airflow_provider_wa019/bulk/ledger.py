@@ -1,0 +1,255 @@
+"""The progress ledger: which recipients a task instance already reached, so a retry or a
+cleared re-run never sends to them again (see :class:`ProgressLedger`), and the stores it is kept
+in."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from airflow_provider_wa019.bulk.report import Outcome
+
+__all__ = [
+    "CLAIM_BATCH",
+    "LEDGER_BATCH",
+    "LEDGER_FLUSH_SECONDS",
+    "LEDGER_KEY_PREFIX",
+    "LedgerStore",
+    "MemoryLedgerStore",
+    "ProgressLedger",
+    "clear_on_success_configured",
+    "task_state_store_of",
+]
+
+#: The ledger lives under these ``task_state_store`` keys: ``wa019_bulk/0``, ``wa019_bulk/1``...
+LEDGER_KEY_PREFIX = "wa019_bulk/"
+#: A ledger batch is written when this many outcomes are pending, or ...
+LEDGER_BATCH = 500
+#: ... when the oldest pending outcome is this old. Bounds what a hard kill can lose (see README).
+LEDGER_FLUSH_SECONDS = 1.0
+#: With ``resend_unknown=False``, recipients are claimed in the ledger this many at a time before
+#: they are sent; a hard kill turns at most this many never-sent claims into "unknown".
+CLAIM_BATCH = 100
+
+# States of a number in the ledger; in memory a sent one is "sent:<unique>".
+_SENT, _UNKNOWN, _CLAIMED, _RELEASED = "sent", "unknown", "claimed", "released"
+
+
+class LedgerStore(Protocol):
+    """Where the ledger is kept: ``get``/``set`` of JSON values, as Airflow's
+    ``context["task_state_store"]`` offers them (see :func:`task_state_store_of`)."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+    def set(self, key: str, value: Any) -> None: ...
+
+
+class MemoryLedgerStore:
+    """A :class:`LedgerStore` in a dict (benchmarks, or a caller with no Airflow). ``writes``
+    counts ``set`` calls; ``write_delay`` makes each write cost that long, like a round trip."""
+
+    def __init__(self, write_delay: float = 0.0) -> None:
+        self.data: dict[str, Any] = {}
+        self.writes = 0
+        self.write_delay = write_delay
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return json.loads(self.data[key]) if key in self.data else default
+
+    def set(self, key: str, value: Any) -> None:
+        if self.write_delay:
+            time.sleep(self.write_delay)
+        self.data[key] = json.dumps(value)  # stored as JSON text, like Airflow does
+        self.writes += 1
+
+
+class _TaskStateStore:
+    """``context["task_state_store"]`` with every key written to never expire.
+
+    The rows still go when their dag run is deleted (``airflow db clean``); a retention would let
+    a cleared re-run weeks later forget whom the task already messaged.
+    """
+
+    def __init__(self, accessor: Any) -> None:
+        from airflow.sdk import NEVER_EXPIRE
+
+        self._accessor = accessor
+        self._never = NEVER_EXPIRE
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._accessor.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        self._accessor.set(key, value, retention=self._never)
+
+
+def task_state_store_of(context: Mapping[str, Any]) -> LedgerStore | None:
+    """The task instance's durable store, or None on Airflow older than 3.3.
+
+    ``context["task_state_store"]`` arrived in Airflow 3.3 (task SDK 1.3): key/value pairs scoped
+    to (dag, run, task, map index), kept in the metadata DB through the Execution API, so every
+    worker of a distributed deployment reads what an earlier try wrote, and kept when the task is
+    cleared (they go with the dag run). Airflow 3.0-3.2 have nothing equivalent that survives a
+    retry (XComs of a task instance are cleared when a new try starts), so there the bulk send has
+    no ledger and the operator never lets Airflow retry it (see ``WhatsAppBulkSendOperator``).
+    """
+    accessor = context.get("task_state_store")
+    return None if accessor is None else _TaskStateStore(accessor)
+
+
+def clear_on_success_configured() -> bool:
+    """True when ``[state_store] clear_on_success`` (Airflow 3.3+) wipes the ledger on success, so a
+    cleared re-run of a successful bulk would not know whom it reached."""
+    try:
+        from airflow.sdk.configuration import conf
+
+        return conf.getboolean("state_store", "clear_on_success", fallback=False)
+    except Exception:  # an older Airflow without the section or the SDK's conf
+        return False
+
+
+class ProgressLedger:
+    """Which recipients a task instance has reached, kept across its tries.
+
+    Stored as numbered chunks (``wa019_bulk/0``, ``/1``, ...) in a :class:`LedgerStore`; each
+    chunk holds what changed since the one before: ``{"sent": {number: unique}, "unknown":
+    [numbers], "claimed": [numbers], "released": [numbers]}``. Chunks are only ever added, never
+    rewritten, so a write costs the same at the end of a 100,000-recipient send as at its start,
+    and a chunk stays small (about ``batch_size`` entries at most). A try reads the chunks back in order
+    (later entries override earlier ones, except that ``sent`` is final) and writes its own after
+    them.
+
+    What each state means for the next try:
+
+    * ``sent``: confirmed by the API. Never sent again, by any later try of this task instance.
+    * ``unknown``: the request went out and no usable answer came back (it may have been
+      delivered). Sent again only with ``resend_unknown=True``.
+    * ``claimed`` (only with ``resend_unknown=False``): written *before* the send starts, so a try
+      killed mid-request leaves a trace; the next try treats it as ``unknown``.
+    * ``released``: a claimed recipient that was definitely not sent (refused, invalid, stopped).
+
+    Writes happen in batches (``batch_size`` outcomes, or ``flush_seconds`` after the oldest
+    unwritten one) and when the try ends for any reason that lets Python run (an error, Airflow's
+    timeout, SIGTERM). Only a hard kill (SIGKILL, lost node) loses the unwritten batch: see the
+    README for what that means per mode.
+    """
+
+    def __init__(
+        self,
+        store: LedgerStore | None,
+        *,
+        batch_size: int = LEDGER_BATCH,
+        flush_seconds: float = LEDGER_FLUSH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.batch_size = batch_size
+        self.flush_seconds = flush_seconds
+        self._clock = clock
+        self._state: dict[str, str] = {}  # number -> state, or "sent:<unique>"
+        self._dirty: dict[str, str] = {}
+        self._dirty_since: float | None = None
+        self._next_chunk = 0
+        self.writes = 0
+
+    @property
+    def durable(self) -> bool:
+        """False when there is no store: the ledger then only lasts as long as this try."""
+        return self.store is not None
+
+    def load(self) -> dict[str, tuple[str, str | None]]:
+        """Read every chunk an earlier try wrote: number -> (state, unique or None)."""
+        if self.store is None:
+            return {}
+        while True:
+            chunk = self.store.get(f"{LEDGER_KEY_PREFIX}{self._next_chunk}")
+            if chunk is None:
+                break
+            self._apply(chunk)
+            self._next_chunk += 1
+        return {number: self._split(value) for number, value in self._state.items()}
+
+    def _apply(self, chunk: Mapping[str, Any]) -> None:
+        for number in chunk.get("claimed", ()):
+            self._merge(number, _CLAIMED)
+        for number in chunk.get("released", ()):
+            self._merge(number, _RELEASED)
+        for number in chunk.get("unknown", ()):
+            self._merge(number, _UNKNOWN)
+        for number, unique in (chunk.get("sent") or {}).items():
+            self._merge(number, f"{_SENT}:{unique}")
+
+    def _merge(self, number: str, value: str) -> None:
+        # A confirmed send is final: nothing a later try records can make it sendable again.
+        if not self._is_sent(number):
+            self._state[number] = value
+
+    @staticmethod
+    def _split(value: str) -> tuple[str, str | None]:
+        state, _, unique = value.partition(":")
+        return state, unique or None
+
+    def claim(self, numbers: Sequence[str]) -> None:
+        """Durably mark ``numbers`` as about to be sent (written at once, before any of them goes
+        out): a try killed mid-request then leaves them ``unknown`` instead of sendable."""
+        # Released (refused earlier) numbers are claimed again: this try may deliver them.
+        fresh = [n for n in numbers if self._state.get(n, "") != _CLAIMED and not self._is_sent(n)]
+        if not fresh:
+            return
+        for number in fresh:
+            self._state[number] = _CLAIMED
+        self._write({"claimed": fresh})
+
+    def is_claimed(self, number: str) -> bool:
+        return self._state.get(number) == _CLAIMED
+
+    def _is_sent(self, number: str) -> bool:
+        return self._state.get(number, "").startswith(_SENT)
+
+    def record(self, number: str, outcome: Outcome) -> None:
+        """Note an outcome of this try; written with the next batch."""
+        if outcome.status == "sent":
+            value = f"{_SENT}:{outcome.unique}"
+        elif outcome.status == "unknown":
+            value = _UNKNOWN
+        elif self._state.get(number) in (_CLAIMED, _UNKNOWN):
+            value = _RELEASED  # definitely not delivered now: a later try may send it
+        else:
+            return  # nothing sent and nothing claimed: nothing a later try needs to know
+        self._merge(number, value)
+        self._dirty[number] = self._state[number]
+        if self._dirty_since is None:
+            self._dirty_since = self._clock()
+
+    def due(self) -> bool:
+        """Whether a batch should be written now."""
+        return bool(self._dirty) and (
+            len(self._dirty) >= self.batch_size
+            or self._clock() - (self._dirty_since or 0) >= self.flush_seconds
+        )
+
+    def flush(self) -> None:
+        """Write the pending outcomes as one chunk (nothing when none are pending)."""
+        if not self._dirty:
+            return
+        chunk: dict[str, Any] = {}
+        for number, value in self._dirty.items():
+            state, unique = self._split(value)
+            if state == _SENT:
+                chunk.setdefault("sent", {})[number] = unique
+            else:
+                chunk.setdefault(state, []).append(number)
+        self._write(chunk)
+        self._dirty.clear()
+        self._dirty_since = None
+
+    def _write(self, chunk: dict[str, Any]) -> None:
+        if self.store is None:
+            return
+        # Chunk numbers only advance after a successful write, so a failed write leaves no gap
+        # that would hide later chunks from the next try's read.
+        self.store.set(f"{LEDGER_KEY_PREFIX}{self._next_chunk}", {"v": 1, **chunk})
+        self._next_chunk += 1
+        self.writes += 1

@@ -1,0 +1,402 @@
+"""WhatsAppBulkSendOperator: one message to many recipients in one task.
+
+Like :mod:`airflow_provider_wa019.operators.whatsapp` (which re-exports it), this module is
+imported at every parse of a DAG file that uses it, so it imports only Airflow's task SDK; the
+bulk engine and the hook load when a task runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, Any
+
+# The compat layer resolves to airflow.sdk on every Airflow 3 release we support.
+from airflow.providers.common.compat.sdk import (
+    AirflowException,
+    AirflowFailException,
+    AirflowSkipException,
+    BaseOperator,
+)
+
+from airflow_provider_wa019.operators.whatsapp import DEFAULT_SKIP_REASONS, task_outcome
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+__all__ = ["WhatsAppBulkSendOperator"]
+
+#: Bodies ending with these are template files (found on the DAG's template search path).
+_BULK_BODY_FILE_EXT = (".txt", ".j2")
+#: The hook's connection pool size (``hooks.whatsapp.POOL_MAXSIZE``): more threads than that would
+#: open and drop a connection per send. Literal here so parsing a DAG file imports no hook.
+_BULK_MAX_CONCURRENCY = 32
+
+
+def _bulk_is_int(value: Any) -> bool:
+    import numbers  # stdlib, already loaded; used at DAG parse time only
+
+    # bool is an int to Python, but True is no meant count.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _bulk_is_number(value: Any) -> bool:
+    """A real, finite number (not a bool): inf would overflow int(), nan never compares."""
+    import math
+    import numbers
+
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bulk_is_reason_collection(value: Any) -> bool:
+    from collections.abc import Mapping
+
+    # A string is a collection too: "78" would silently mean reasons 7 and 8.
+    if isinstance(value, (str, bytes, bytearray, Mapping)) or not isinstance(value, Collection):
+        return False
+    return all(_bulk_is_int(reason) for reason in value)
+
+
+class WhatsAppBulkSendOperator(BaseOperator):
+    """Send one message to many recipients in one task: bounded concurrency and rate, an outcome
+    per recipient, and no duplicates across the task's retries.
+
+    ``recipients`` is a list (literal, or an upstream task's XCom) of numbers or of dicts holding a
+    ``to`` number and any other values. The message is either
+
+    * ``body``: a Jinja template (or a ``.txt``/``.j2`` template file) rendered once per recipient
+      with the task's Airflow context plus the recipient's own values as top-level names::
+
+          WhatsAppBulkSendOperator(
+              task_id="notify",
+              recipients=shipped_orders(),   # [{"to": "+972501234567", "name": "Dana", "order": "A-7"}, ...]
+              body="Hi {{ name }}, order {{ order }} shipped ({{ ds }}).",
+          )
+
+    * or ``template`` (an approved template's name) with ``variables`` (Jinja strings rendered per
+      recipient the same way, e.g. ``["{{ name }}", "{{ order }}"]``) and optional
+      ``header_type``/``header_link`` (the link is rendered per recipient too).
+
+    Every message follows the single send's rules (validation, the hook's retries of reason 6
+    and of unanswered connects, reason codes). Requests go over one HTTP connection pool, at
+    most ``max_concurrency`` at a time and at most ``rate_per_second`` started in any one-second
+    window. A progress line (``sent 1200/5000, failed 3, 180 msg/s, ~21 s left``) is logged every
+    ``progress_interval`` seconds; recipients are masked in the log.
+
+    XCom ``return_value`` is the summary ``{"total", "sent", "skipped": {reason: n}, "failed":
+    {reason: n}, "invalid", "unknown"}`` and XCom ``results`` maps each full number to
+    ``{"status", "unique", "reason", "error"}`` (pushed also when the task fails or is skipped).
+    Reasons are text keys (``"7"``); failures without an API reason are ``"unreachable"``,
+    ``"config"``, ``"bad_response"`` or ``"not_sent"`` (never attempted: the bulk stopped).
+
+    The task, after every recipient was tried:
+
+    * is retried (its ``retries`` apply) when some recipient got reason 6 after the hook's
+      retries, the API was unreachable, or delivery is unknown (read timeout, HTTP 500): the next
+      try sends only to recipients not confirmed yet;
+    * fails without retry when (failed + invalid) / total exceeds ``max_failure_ratio``, when the
+      API refused the token or the connection is unusable (the bulk then stops at once), or when
+      an answer was not the API's JSON (delivery unknown; a single send is not retried then either);
+    * is skipped when every recipient was skipped (``skip_on_reasons``, by default 7 and 8: the
+      24 h window is closed, a template is needed);
+    * succeeds otherwise (an empty list included).
+
+    No duplicates across tries: confirmed recipients are written to a progress ledger in
+    ``context["task_state_store"]`` (Airflow 3.3+, kept in Airflow's metadata DB for this task
+    instance: dag, run, task and map index) in batches about once a second, and when a try ends.
+    A retry, or a cleared and re-run task, never sends to a confirmed recipient again; start a
+    new dag run to send again. Recipients whose delivery is unknown are sent again by the next try
+    (at least once) unless ``resend_unknown=False`` (at most once: they are claimed in the ledger
+    before sending, and reported, never re-sent). On Airflow 3.0-3.2 there is no such store: the
+    operator then turns every retryable ending into a failure without retry, so Airflow's
+    ``retries`` cannot send twice. The README explains the remaining window of a hard kill.
+
+    :param recipients: numbers, or dicts with ``to`` and values (templated: an XComArg or Jinja).
+        A Jinja string such as ``"{{ params.lst }}"`` or an ``xcom_pull`` renders to text: that
+        text is read back as the list, whether JSON or a Python literal (Jinja's repr of a list).
+    :param body: free-form text, rendered per recipient (not an Airflow template field: Airflow
+        would render it once, before the recipients are known). A recipient for whom it cannot
+        be rendered (any error: a missing value, a division by zero...) is reported invalid,
+        with the error's type and text, and is not sent; the others are.
+    :param template: approved template name (templated), instead of ``body``.
+    :param variables: the template's ``{{1}}``.. values, each rendered per recipient.
+    :param header_type: template header type (1 none, 3 image, 4 video, 5 document).
+    :param header_link: https link of the template's media header, rendered per recipient.
+    :param sender: ``from`` account (templated); defaults to the connection's ``sender``.
+    :param wa019_conn_id: the Airflow connection of type ``wa019``.
+    :param max_concurrency: requests in flight at most (an int, 1 to 32, default 4).
+    :param rate_per_second: sends started in any one-second window at most (a finite number > 0;
+        default None: no limit).
+        Per message, not per HTTP request: the hook's own retries of one message are not counted.
+    :param max_failure_ratio: the share of failed and invalid recipients tolerated (0 to 1).
+    :param skip_on_reasons: API reasons (ints) that count a recipient as skipped, not failed.
+    :param resend_unknown: send again, in a later try, to recipients whose delivery is unknown.
+    :param progress_interval: seconds between progress lines in the task log.
+    """
+
+    template_fields: Sequence[str] = ("recipients", "template", "sender")
+    ui_color = "#25d366"
+
+    def __init__(
+        self,
+        *,
+        recipients: Any,
+        body: str | None = None,
+        template: str | None = None,
+        variables: Sequence[Any] = (),
+        header_type: int | None = None,
+        header_link: str | None = None,
+        sender: str | None = None,
+        wa019_conn_id: str = "wa019_default",
+        max_concurrency: int = 4,
+        rate_per_second: float | None = None,
+        max_failure_ratio: float = 0.0,
+        skip_on_reasons: Collection[int] = DEFAULT_SKIP_REASONS,
+        resend_unknown: bool = True,
+        progress_interval: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if (body is None) == (template is None):
+            raise ValueError("give exactly one of body (free-form text) and template (a template name)")
+        if body is not None and (variables or header_type is not None or header_link is not None):
+            raise ValueError("variables, header_type and header_link go with template, not with body")
+        # Checked here, at DAG parse time, so a wrong type is a clear import error naming the
+        # argument, not a TypeError (or an OverflowError mid-run, for an infinite rate) later.
+        if not (_bulk_is_int(max_concurrency) and 1 <= max_concurrency <= _BULK_MAX_CONCURRENCY):
+            raise ValueError(
+                f"max_concurrency must be an int from 1 to {_BULK_MAX_CONCURRENCY}, got {max_concurrency!r}"
+            )
+        if rate_per_second is not None and not (_bulk_is_number(rate_per_second) and rate_per_second > 0):
+            raise ValueError(
+                f"rate_per_second must be a finite number > 0 (sends per second) or None, got {rate_per_second!r}"
+            )
+        if not (_bulk_is_number(max_failure_ratio) and 0 <= max_failure_ratio <= 1):
+            raise ValueError(f"max_failure_ratio must be a number from 0 to 1, got {max_failure_ratio!r}")
+        if not (_bulk_is_number(progress_interval) and progress_interval > 0):
+            raise ValueError(
+                f"progress_interval must be a finite number of seconds > 0, got {progress_interval!r}"
+            )
+        if not _bulk_is_reason_collection(skip_on_reasons):
+            raise ValueError(
+                f"skip_on_reasons must be a collection of API reason codes (ints), e.g. (7, 8), "
+                f"got {skip_on_reasons!r}"
+            )
+        self.recipients = recipients
+        self.body = body
+        self.template = template
+        self.variables = tuple(variables)
+        self.header_type = header_type
+        self.header_link = header_link
+        self.sender = sender
+        self.wa019_conn_id = wa019_conn_id
+        self.max_concurrency = int(max_concurrency)
+        self.rate_per_second = rate_per_second
+        self.max_failure_ratio = float(max_failure_ratio)
+        self.skip_on_reasons = frozenset(int(r) for r in skip_on_reasons)
+        self.resend_unknown = bool(resend_unknown)
+        self.progress_interval = float(progress_interval)
+        self._engine: Any = None
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        import logging
+
+        from airflow_provider_wa019.bulk import (
+            BulkSender,
+            ProgressLedger,
+            clear_on_success_configured,
+            parse_recipients,
+            task_state_store_of,
+        )
+        from airflow_provider_wa019.exceptions import WhatsAppError
+        from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
+
+        with WhatsAppHook(self.wa019_conn_id) as hook:
+            # One line per message would flood the log: progress lines replace them.
+            hook.message_log_level = logging.DEBUG
+            try:
+                settings = hook.settings  # a broken connection fails here, before any send
+            except WhatsAppError as err:
+                raise task_outcome(err, (), log=self.log) from err
+            hook.get_conn()  # the session is built here, once; the worker threads share it
+            try:
+                recipients, duplicates = parse_recipients(self.recipients, region=settings.default_region)
+            except ValueError as err:
+                raise AirflowFailException(str(err)) from err
+
+            store = task_state_store_of(context)
+            if store is None:
+                self.log.warning(
+                    "No task_state_store (Airflow < 3.3): this try cannot know whom an earlier try "
+                    "reached, so the task will not be retried by Airflow (a retry could send twice)."
+                )
+            elif clear_on_success_configured():
+                self.log.warning(
+                    "[state_store] clear_on_success is on: once this task succeeds its ledger is "
+                    "deleted, and clearing the task would send to every recipient again."
+                )
+            try:
+                prepare, send = self._message_functions(context, hook)
+            except Exception as err:  # a template syntax error, a missing template file
+                raise AirflowFailException(f"the message template cannot be used: {err}") from err
+            engine = BulkSender(
+                send,
+                prepare=prepare,
+                ledger=ProgressLedger(store),
+                max_concurrency=self.max_concurrency,
+                rate_per_second=self.rate_per_second,
+                skip_on_reasons=self.skip_on_reasons,
+                resend_unknown=self.resend_unknown,
+                log=self.log,
+                # A template can quote any value it read, the connection's password included.
+                secrets=(settings.token,),
+                progress_seconds=self.progress_interval,
+                # Long enough for a request in flight to get its answer or its read timeout.
+                drain_seconds=sum(settings.timeout) + 5.0,
+            )
+            self._engine = engine
+            self.log.info(
+                "Bulk send to %d recipient(s), at most %d in flight%s",
+                len(recipients),
+                self.max_concurrency,
+                f", {self.rate_per_second:g}/s" if self.rate_per_second else "",
+            )
+            try:
+                report = engine.run(recipients, duplicates=duplicates)
+            except Exception as err:
+                if store is None:
+                    raise AirflowFailException(
+                        f"bulk send interrupted ({type(err).__name__}: {err}); not retried: without "
+                        "task_state_store a retry could send to recipients already reached"
+                    ) from err
+                raise
+            finally:
+                self._engine = None
+
+        summary = report.summary()
+        self.log.info(
+            "Bulk send done: %s; this try sent %d in %.1f s (%d ledger write(s))",
+            _bulk_summary_text(summary),
+            report.sent_now,
+            report.elapsed,
+            report.ledger_writes,
+        )
+        ending = self._bulk_ending(report, summary, durable=store is not None)
+        if self.do_xcom_push:
+            ti = context["ti"]
+            ti.xcom_push(key="results", value=report.results_xcom())
+            if ending is not None:
+                # A failed or skipped task pushes no return value itself: the summary still helps.
+                ti.xcom_push(key="return_value", value=summary)
+        if ending is not None:
+            raise ending
+        return summary
+
+    def on_kill(self) -> None:
+        # Called on SIGTERM (and after Airflow's timeout): stop starting sends; the running
+        # execute() waits for those in flight, writes the ledger and ends the try.
+        engine = self._engine
+        if engine is not None:
+            engine.stop()
+
+    def _message_functions(self, context: Context, hook: Any) -> tuple[Any, Any]:
+        """``prepare(recipient)`` (on this thread: renders with the task context) and
+        ``send(number, payload)`` (on a worker thread: the hook's send)."""
+        env = self.get_template_env()
+        base = dict(context)
+
+        def compile_text(text: Any, *, file_ok: bool = False) -> Any:
+            if not isinstance(text, str):
+                return None
+            if file_ok and text.endswith(_BULK_BODY_FILE_EXT):
+                return env.get_template(text)
+            return env.from_string(text)
+
+        if self.body is not None:
+            body = compile_text(self.body, file_ok=True)
+            if body is None:
+                raise AirflowFailException(f"body must be text, got {type(self.body).__name__}")
+
+            def prepare_body(recipient: Any) -> str:
+                return body.render({**base, **recipient.values})
+
+            def send_body(number: str, text: str) -> Any:
+                return hook.send_message(number, text, sender=self.sender)
+
+            return prepare_body, send_body
+
+        compiled = [(compile_text(v), v) for v in self.variables]
+        link = compile_text(self.header_link)
+
+        def prepare_template(recipient: Any) -> tuple[list[Any], str | None]:
+            names = {**base, **recipient.values}
+            values = [tpl.render(names) if tpl is not None else raw for tpl, raw in compiled]
+            return values, link.render(names) if link is not None else self.header_link
+
+        def send_template(number: str, payload: tuple[list[Any], str | None]) -> Any:
+            values, header_link = payload
+            return hook.send_template(
+                number,
+                self.template,
+                values,
+                header_type=self.header_type,
+                header_link=header_link,
+                sender=self.sender,
+            )
+
+        return prepare_template, send_template
+
+    def _bulk_ending(self, report: Any, summary: dict[str, Any], *, durable: bool) -> Exception | None:
+        """The exception that ends the task, or None for success (see the class docstring)."""
+        text = _bulk_summary_text(summary)
+
+        def retry(why: str) -> Exception:
+            if not durable:
+                # No ledger: a retry would not know whom this try reached, and could send twice.
+                return AirflowFailException(
+                    f"{why} ({text}); not retried: without task_state_store (Airflow < 3.3) a retry "
+                    "could send to recipients already reached"
+                )
+            # Safe to retry: the ledger holds every confirmed recipient of this try.
+            return AirflowException(
+                f"{why} ({text}); the next try sends only to recipients not yet confirmed"
+            )
+
+        if report.stopped:
+            return retry("bulk send stopped before the end")
+        if report.aborted and not report.abort_retryable:
+            return AirflowFailException(f"bulk send stopped: {report.aborted} ({text})")
+        retryable = report.retryable_now()
+        if report.aborted:
+            return retry(f"bulk send stopped: {report.aborted}")
+        if retryable:
+            return retry(
+                f"{retryable} recipient(s) got reason 6, could not reach the API or have an unknown delivery"
+            )
+        ratio = report.failure_ratio()
+        if ratio > self.max_failure_ratio:
+            return AirflowFailException(
+                f"{ratio:.1%} of recipients failed or were invalid, more than max_failure_ratio "
+                f"{self.max_failure_ratio:.1%} ({text})"
+            )
+        unknown = report.unknown_now()
+        if unknown:
+            return AirflowFailException(
+                f"{unknown} answer(s) were not the API's JSON: delivery unknown, not retried ({text})"
+            )
+        if summary["total"] and sum(summary["skipped"].values()) == summary["total"]:
+            message = f"every recipient was skipped ({text}): send an approved template to reach them"
+            self.log.warning("%s", message)
+            return AirflowSkipException(message)
+        return None
+
+
+def _bulk_summary_text(summary: dict[str, Any]) -> str:
+    parts = [f"{summary['sent']}/{summary['total']} sent"]
+    for status in ("skipped", "failed"):
+        if summary[status]:
+            detail = ", ".join(f"{key}: {n}" for key, n in summary[status].items())
+            parts.append(f"{status} {sum(summary[status].values())} ({detail})")
+    for status in ("invalid", "unknown"):
+        if summary[status]:
+            parts.append(f"{summary[status]} {status}")
+    return ", ".join(parts)
