@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Shared venv set-up for scripts/test.sh and scripts/demo.sh. Source it; do not run it.
+# Shared venv set-up for scripts/test.sh, demo.sh and check_dist.sh (through scripts/_common.sh).
+# Source it; do not run it. Written for bash 3.2 (macOS's /bin/bash) and newer: see _common.sh.
 #
 # Needs nothing but python3 (3.10-3.13) with pip and venv. Creates, or reuses when it already
 # matches, one venv per Airflow version in the repo root:
@@ -22,19 +23,53 @@ WA019_DEFAULT_AIRFLOW_VERSION="3.3.2"
 # "Remote server returned validation error"). So for an older release, resolve as of shortly after
 # its release (uv --exclude-newer DATE), except for the packages this project needs current:
 # common-compat (airflow.providers.common.compat.sdk is newer than 3.0.6's own set) and the test
-# tools (the same ruff and pytest as in the default venv). Add a line per release you test;
-# WA019_EXCLUDE_NEWER=YYYY-MM-DD overrides it.
+# tools (the same ruff and pytest as in the default venv). Add a line RELEASE=YYYY-MM-DD per
+# release you test; WA019_EXCLUDE_NEWER=YYYY-MM-DD overrides it. The one copy of this rule: the
+# project venvs (below) and check_dist.sh's clean venv both take wa019_resolve_opts' options.
 # 3.1.0 is the lowest supported release (pyproject.toml), tested in CI by .ci/run. (3.0.6, cut-off
 # 2025-09-10, is below it: its `airflow dags test` prints connection passwords in debug lines.)
-declare -A WA019_AIRFLOW_CUTOFF=(
-    [3.1.0]=2025-09-30
+# (A list of pairs, not an associative array: bash 3.2 has none.)
+WA019_AIRFLOW_CUTOFFS=(
+    3.1.0=2025-09-30
 )
 WA019_CUTOFF_EXEMPT=(apache-airflow-providers-common-compat pytest ruff)
 
+# wa019_valid_airflow_version VERSION: succeeds for a release number such as 3.0.6 or 3.1.0rc1.
+wa019_valid_airflow_version() {
+    # The regex in a variable, unquoted after =~: the one spelling every bash from 3.2 on reads alike.
+    local re='^[0-9]+(\.[0-9]+)*([a-z]+[0-9]*)?$'
+    [[ "$1" =~ $re ]]
+}
+
+# wa019_resolve_opts VERSION: sets WA019_CUTOFF to the dependency cut-off date for that Airflow
+# release ("" when none: newest dependencies) and WA019_RESOLVE_OPTS to the matching options of
+# `uv pip install` (empty when none; expand it as ${WA019_RESOLVE_OPTS[@]+"${WA019_RESOLVE_OPTS[@]}"}).
+wa019_resolve_opts() {
+    local version="$1" pair pkg
+    WA019_CUTOFF="${WA019_EXCLUDE_NEWER:-}"
+    if [[ -z "$WA019_CUTOFF" ]]; then
+        for pair in ${WA019_AIRFLOW_CUTOFFS[@]+"${WA019_AIRFLOW_CUTOFFS[@]}"}; do
+            if [[ "${pair%%=*}" == "$version" ]]; then
+                WA019_CUTOFF="${pair#*=}"
+            fi
+        done
+    fi
+    WA019_RESOLVE_OPTS=()
+    if [[ -n "$WA019_CUTOFF" ]]; then
+        WA019_RESOLVE_OPTS+=(--exclude-newer "$WA019_CUTOFF")
+        for pkg in ${WA019_CUTOFF_EXEMPT[@]+"${WA019_CUTOFF_EXEMPT[@]}"}; do
+            WA019_RESOLVE_OPTS+=(--exclude-newer-package "$pkg=2999-12-31")
+        done
+    fi
+}
+
+# This file, found while it is being sourced (BASH_SOURCE[0] is then this file in every bash).
+WA019_VENV_SH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
+
 wa019_setup_venv() {
-    REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    REPO_ROOT="$(cd "$(dirname "$WA019_VENV_SH")/.." && pwd)"
     AIRFLOW_VERSION="${AIRFLOW_VERSION:-$WA019_DEFAULT_AIRFLOW_VERSION}"
-    if [[ ! "$AIRFLOW_VERSION" =~ ^[0-9]+(\.[0-9]+)*([a-z]+[0-9]*)?$ ]]; then
+    if ! wa019_valid_airflow_version "$AIRFLOW_VERSION"; then
         echo "error: bad Airflow version '$AIRFLOW_VERSION' (expected e.g. 3.0.6)" >&2
         return 1
     fi
@@ -59,16 +94,19 @@ wa019_setup_venv() {
 
     local stamp_file="$VENV_DIR/.wa019-install-stamp"
     local stamp
-    stamp="airflow=$AIRFLOW_VERSION python=$py_ver cutoff=${WA019_EXCLUDE_NEWER:-} $(cat "$REPO_ROOT/pyproject.toml" "${BASH_SOURCE[0]}" \
+    stamp="airflow=$AIRFLOW_VERSION python=$py_ver cutoff=${WA019_EXCLUDE_NEWER:-} $(cat "$REPO_ROOT/pyproject.toml" "$WA019_VENV_SH" \
         | "$base_py" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
 
     # Serialise concurrent set-ups of the same venv (test.sh and demo.sh started together).
-    # The lock lives outside the repo so that it never shows up in git status.
-    local lock_file
+    # The lock lives outside the repo so that it never shows up in git status. On fd 9, not
+    # `exec {var}>`, which bash 3.2 lacks; macOS has no flock(1): there the set-ups are not
+    # serialised.
+    local lock_file locked=0
     lock_file="${TMPDIR:-/tmp}/wa019-venv-$(printf '%s' "$VENV_DIR" | cksum | cut -d' ' -f1).lock"
     if command -v flock >/dev/null 2>&1; then
-        exec {WA019_LOCK_FD}>"$lock_file"
-        flock "$WA019_LOCK_FD"
+        exec 9>"$lock_file"
+        flock 9
+        locked=1
     fi
 
     local rc=0
@@ -79,9 +117,8 @@ wa019_setup_venv() {
         _wa019_install "$base_py" "$py_ver" "$stamp_file" "$stamp" || rc=$?
     fi
 
-    if [[ -n "${WA019_LOCK_FD:-}" ]]; then
-        exec {WA019_LOCK_FD}>&-
-        unset WA019_LOCK_FD
+    if ((locked)); then
+        exec 9>&-
     fi
     [[ $rc -eq 0 ]] || return "$rc"
 
@@ -93,21 +130,16 @@ wa019_setup_venv() {
 _wa019_install() {
     local base_py="$1" py_ver="$2" stamp_file="$3" stamp="$4"
     local log
-    log="$(mktemp "${TMPDIR:-/tmp}/wa019-venv.XXXXXX.log")"
+    # The X's last: BSD mktemp (macOS) replaces only trailing X's.
+    log="$(mktemp "${TMPDIR:-/tmp}/wa019-venv.XXXXXX")"
 
     # Rebuilt from scratch: installing into an existing venv keeps packages that a fresh resolution
     # would not pick (uv keeps what is installed if it satisfies the requirements).
     rm -rf "$VENV_DIR"
 
-    local -a resolve_opts=()
-    local cutoff="${WA019_EXCLUDE_NEWER:-${WA019_AIRFLOW_CUTOFF[$AIRFLOW_VERSION]:-}}"
-    if [[ -n "$cutoff" ]]; then
-        resolve_opts+=(--exclude-newer "$cutoff")
-        local pkg
-        for pkg in "${WA019_CUTOFF_EXEMPT[@]}"; do
-            resolve_opts+=(--exclude-newer-package "$pkg=2999-12-31")
-        done
-    elif [[ "$AIRFLOW_VERSION" != "$WA019_DEFAULT_AIRFLOW_VERSION" ]]; then
+    wa019_resolve_opts "$AIRFLOW_VERSION"
+    local cutoff="$WA019_CUTOFF"
+    if [[ -z "$cutoff" && "$AIRFLOW_VERSION" != "$WA019_DEFAULT_AIRFLOW_VERSION" ]]; then
         echo "venv: WARNING: no dependency cut-off date known for Airflow $AIRFLOW_VERSION; installing" \
             "today's dependencies, which may not work with it (set WA019_EXCLUDE_NEWER=YYYY-MM-DD)" >&2
     fi
@@ -118,7 +150,7 @@ _wa019_install() {
         "$base_py" -m venv "$VENV_DIR" \
             && "$VENV_PY" -m pip install --quiet --disable-pip-version-check --no-input uv \
             && (cd "$REPO_ROOT" && "$VENV_DIR/bin/uv" pip install --python "$VENV_PY" \
-                "${resolve_opts[@]}" -e ".[test]" "apache-airflow==$AIRFLOW_VERSION")
+                ${WA019_RESOLVE_OPTS[@]+"${WA019_RESOLVE_OPTS[@]}"} -e ".[test]" "apache-airflow==$AIRFLOW_VERSION")
     } >"$log" 2>&1; then
         echo "error: venv set-up failed; last lines of $log:" >&2
         tail -n 40 "$log" >&2

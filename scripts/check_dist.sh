@@ -15,28 +15,27 @@
 # unless --keep is given. Exits non-zero on the first failed check.
 set -euo pipefail
 
+# shellcheck source=scripts/_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+wa019_parse_args "$@"  # --airflow-version, --help
 keep=0
-while (($#)); do
-    case "$1" in
-        --airflow-version)
-            [[ $# -ge 2 ]] || { echo "error: --airflow-version needs a value" >&2; exit 2; }
-            AIRFLOW_VERSION="$2"; shift 2 ;;
-        --airflow-version=*) AIRFLOW_VERSION="${1#*=}"; shift ;;
-        --keep) keep=1; shift ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "error: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+for arg in ${WA019_ARGS[@]+"${WA019_ARGS[@]}"}; do
+    case "$arg" in
+        --keep) keep=1 ;;
+        *) echo "error: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
-wanted_airflow="${AIRFLOW_VERSION:-}"
+airflow_version="${AIRFLOW_VERSION:-$WA019_DEFAULT_AIRFLOW_VERSION}"
+if ! wa019_valid_airflow_version "$airflow_version"; then
+    echo "error: bad Airflow version '$airflow_version' (expected e.g. 3.0.6)" >&2
+    exit 1
+fi
 
 # The project venv (default Airflow) only provides uv and the Python that builds the clean venv.
 unset AIRFLOW_VERSION
-# shellcheck source=scripts/_venv.sh
-source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 wa019_setup_venv
 cd "$REPO_ROOT"
 UV="$VENV_DIR/bin/uv"
-airflow_version="${wanted_airflow:-$WA019_DEFAULT_AIRFLOW_VERSION}"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/wa019-dist.XXXXXX")"
 if ((keep)); then
@@ -108,13 +107,12 @@ EOF
 echo "== clean venv: the wheel + apache-airflow==$airflow_version, nothing else"
 base_py="${PYTHON:-python3}"
 "$base_py" -m venv "$work/venv" || fail "python -m venv"
-resolve_opts=()
-cutoff="${WA019_EXCLUDE_NEWER:-${WA019_AIRFLOW_CUTOFF[$airflow_version]:-}}"
-if [[ -n "$cutoff" ]]; then
-    resolve_opts+=(--exclude-newer "$cutoff" --exclude-newer-package "apache-airflow-providers-common-compat=2999-12-31")
+wa019_resolve_opts "$airflow_version"  # the same dependency cut-off as the project venvs
+if [[ -n "$WA019_CUTOFF" ]]; then
+    echo "   dependencies as of $WA019_CUTOFF"
 fi
 start=$SECONDS
-"$UV" pip install --quiet --python "$work/venv/bin/python" "${resolve_opts[@]}" \
+"$UV" pip install --quiet --python "$work/venv/bin/python" ${WA019_RESOLVE_OPTS[@]+"${WA019_RESOLVE_OPTS[@]}"} \
     "$wheel" "apache-airflow==$airflow_version" >"$work/install.log" 2>&1 \
     || { tail -n 30 "$work/install.log" >&2; fail "installing the wheel"; }
 echo "   installed in $((SECONDS - start)) s"
@@ -122,7 +120,7 @@ echo "   installed in $((SECONDS - start)) s"
 export AIRFLOW_HOME="$work/airflow-home"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 unset AIRFLOW_CONFIG
-(cd "$work" && "$work/venv/bin/python" - <<'EOF') || fail "importing the installed package"
+(cd "$work" && exec "$work/venv/bin/python" -) <<'EOF' || fail "importing the installed package"
 import importlib, pkgutil, sys
 import airflow_provider_wa019 as pkg
 

@@ -11,24 +11,20 @@
 #    (SQLite, no example DAGs, DAGS_FOLDER=example_dags) and the simulator's connection in
 #    AIRFLOW_CONN_WA019_DEFAULT;
 # 4. prints the message id the DAG got back and what the simulator received.
-# Exits non-zero if the DAG run failed or no message id was logged. The simulator is always
-# stopped on exit. Logs stay in .demo/ (dag-test.log, simulator.err, db-migrate.log).
+# Success is read from exit codes and from the simulator's own record (GET /__sim__/sent), never
+# from Airflow's log lines: exits non-zero if `airflow dags test` fails (it does when the DAG run
+# fails) or if the simulator did not accept exactly one message for 972501234567. The simulator is
+# always stopped on exit. Logs stay in .demo/ (dag-test.log, simulator.err, db-migrate.log).
 set -euo pipefail
 
-while (($#)); do
-    case "$1" in
-        --airflow-version)
-            [[ $# -ge 2 ]] || { echo "error: --airflow-version needs a value" >&2; exit 2; }
-            AIRFLOW_VERSION="$2"; shift 2 ;;
-        --airflow-version=*) AIRFLOW_VERSION="${1#*=}"; shift ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "error: unknown argument '$1' (try --help)" >&2; exit 2 ;;
-    esac
-done
-export AIRFLOW_VERSION="${AIRFLOW_VERSION:-}"
+# shellcheck source=scripts/_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+wa019_parse_args "$@"  # --airflow-version, --help
+if ((${#WA019_ARGS[@]})); then
+    echo "error: unknown argument '${WA019_ARGS[0]}' (try --help)" >&2
+    exit 2
+fi
 
-# shellcheck source=scripts/_venv.sh
-source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 wa019_setup_venv
 cd "$REPO_ROOT"
 
@@ -46,7 +42,8 @@ sim_pid=""
 stop_simulator() {
     if [[ -n "$sim_pid" ]] && kill -0 "$sim_pid" 2>/dev/null; then
         kill -TERM "$sim_pid" 2>/dev/null || true
-        for _ in $(seq 50); do
+        local i
+        for ((i = 0; i < 50; i++)); do  # up to 5 s
             kill -0 "$sim_pid" 2>/dev/null || break
             sleep 0.1
         done
@@ -64,8 +61,10 @@ PYTHONUNBUFFERED=1 python -m airflow_provider_wa019.testing --port 0 --open-wind
     >"$DEMO_DIR/simulator.out" 2>"$DEMO_DIR/simulator.err" </dev/null &
 sim_pid=$!
 
-for _ in $(seq 300); do  # up to 30 s
-    [[ $(wc -l <"$DEMO_DIR/simulator.out") -ge 2 ]] && break
+for ((i = 0; i < 300; i++)); do  # up to 30 s
+    if (($(wc -l <"$DEMO_DIR/simulator.out") >= 2)); then
+        break
+    fi
     if ! kill -0 "$sim_pid" 2>/dev/null; then
         echo "error: the simulator exited before it was ready:" >&2
         cat "$DEMO_DIR/simulator.out" "$DEMO_DIR/simulator.err" >&2
@@ -107,34 +106,49 @@ if ((dag_rc == 130 || dag_rc == 143)); then
     exit "$dag_rc"
 fi
 
-# --- summary -----------------------------------------------------------------------------------
-message_id="$(grep -oE 'WhatsApp message id: [^[:space:]]+' "$DEMO_DIR/dag-test.log" | tail -n 1 \
-    | sed 's/^WhatsApp message id: //' || true)"
-run_state="$(grep -oE 'DagRun Finished: .*state=[a-z_]+' "$DEMO_DIR/dag-test.log" | tail -n 1 \
-    | sed -E 's/.*state=([a-z_]+)$/\1/' || true)"
+# --- the outcome -------------------------------------------------------------------------------
+# Decided by the exit code above and by the simulator's record of what it accepted, not by the
+# wording of Airflow's logs.
 
-echo
-echo "================================= demo summary ================================="
-echo "DAG run:             $DAG_ID -> ${run_state:-unknown} (airflow dags test exit code $dag_rc)"
-if [[ -n "$message_id" && "$message_id" != "None" ]]; then
-    echo "WhatsApp message id: $message_id"
-else
-    echo "WhatsApp message id: NOT FOUND (no 'WhatsApp message id: ...' line in the task logs)"
-fi
-echo "Simulator received:"
-if ! python - "$base_url" <<'PY'; then
+# sim_record MODE: reads the simulator's control endpoints.
+#   message-id  exit 0 and print the message id (`unique`) if the simulator accepted exactly one
+#               message for $CLIENT (GET /__sim__/sent); otherwise exit 1 and print why
+#   requests    print every API request it answered, with its answer (GET /__sim__/requests)
+# (A function holding the here-document, called inside $( ): bash 3.2 misparses a here-document
+# written inside $( ).)
+sim_record() {
+    "$VENV_PY" - "$base_url" "$1" "$CLIENT" <<'PY'
 import json
 import sys
 import urllib.request
 
+base_url, mode, client = sys.argv[1:4]
+endpoint = f"{base_url}/__sim__/{'sent' if mode == 'message-id' else 'requests'}"
+
+
+def fail(why):
+    print(f"  ({why})" if mode == "requests" else why)
+    sys.exit(1)
+
+
 try:
-    with urllib.request.urlopen(sys.argv[1] + "/__sim__/requests", timeout=10) as resp:
-        requests = json.load(resp)
+    with urllib.request.urlopen(endpoint, timeout=10) as resp:
+        record = json.load(resp)
 except (OSError, ValueError) as exc:
-    sys.exit(f"  error: {exc}")
-if not requests:
+    fail(f"could not read {endpoint}: {exc}")
+if not isinstance(record, list) or not all(isinstance(item, dict) for item in record):
+    fail(f"unexpected answer from {endpoint}: {record!r:.200}")
+
+if mode == "message-id":
+    ids = [m.get("unique") for m in record if m.get("to") == client]
+    if len(ids) == 1 and isinstance(ids[0], str) and ids[0]:
+        print(ids[0])
+        sys.exit(0)
+    fail(f"the simulator's record (GET /__sim__/sent) holds {len(ids)} messages for {client}, expected 1")
+
+if not record:
     print("  (no requests)")
-for i, req in enumerate(requests, 1):
+for i, req in enumerate(record, 1):
     sent = req.get("json") if isinstance(req.get("json"), dict) else {}
     got = req.get("response_json") if isinstance(req.get("response_json"), dict) else {}
     print(f"  {i}. {req.get('method')} {req.get('path')}  ->  HTTP {req.get('response_status')}")
@@ -143,17 +157,37 @@ for i, req in enumerate(requests, 1):
     print(f"     response: unique={got.get('unique')!r} reason={got.get('reason')!r}"
           + (f" message={got['message']!r}" if got.get("message") else ""))
 PY
-    echo "  (could not read $base_url/__sim__/requests)"
+}
+
+message_ok=0
+if message_id="$(sim_record message-id)"; then
+    message_ok=1
 fi
+if ((dag_rc == 0)); then
+    run_state="success"
+else
+    run_state="failed"
+fi
+
+echo
+echo "================================= demo summary ================================="
+echo "DAG run:             $DAG_ID -> $run_state (airflow dags test exit code $dag_rc)"
+if ((message_ok)); then
+    echo "WhatsApp message id: $message_id"
+else
+    echo "WhatsApp message id: NOT FOUND ($message_id)"
+fi
+echo "Simulator received:"
+sim_record requests || true
 echo "Logs: ${DEMO_DIR#"$REPO_ROOT"/}/dag-test.log, simulator.err, db-migrate.log"
 echo "================================================================================="
 
-if [[ $dag_rc -ne 0 || "$run_state" == "failed" ]]; then
-    echo "FAILED: the DAG run failed (see above)" >&2
+if ((dag_rc != 0)); then
+    echo "FAILED: the DAG run failed: airflow dags test exited with $dag_rc (see above)" >&2
     exit 1
 fi
-if [[ -z "$message_id" || "$message_id" == "None" ]]; then
-    echo "FAILED: the DAG did not log a WhatsApp message id" >&2
+if ((!message_ok)); then
+    echo "FAILED: $message_id" >&2
     exit 1
 fi
 echo "OK: the DAG sent its message through the simulator."

@@ -13,25 +13,20 @@
 # Exits non-zero if ruff or pytest fails, and also when pytest collects no test (its exit code 5).
 set -euo pipefail
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+# shellcheck source=scripts/_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+wa019_parse_args "$@"  # --airflow-version, --help
+set -- ${WA019_ARGS[@]+"${WA019_ARGS[@]}"}
 
 skip_e2e=0
 pytest_args=()
 while (($#)); do
     case "$1" in
-        --airflow-version)
-            [[ $# -ge 2 ]] || { echo "error: --airflow-version needs a value" >&2; exit 2; }
-            AIRFLOW_VERSION="$2"; shift 2 ;;
-        --airflow-version=*) AIRFLOW_VERSION="${1#*=}"; shift ;;
         --skip-e2e) skip_e2e=1; shift ;;
-        -h|--help) usage; exit 0 ;;
         *) pytest_args+=("$1"); shift ;;
     esac
 done
-export AIRFLOW_VERSION="${AIRFLOW_VERSION:-}"
 
-# shellcheck source=scripts/_venv.sh
-source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 wa019_setup_venv
 cd "$REPO_ROOT"
 
@@ -49,9 +44,10 @@ ruff_rc=0
 echo "== ruff check ."
 ruff check . || ruff_rc=$?
 
-echo "== python -m pytest ${pytest_args[*]}"
+# ${a[@]+"${a[@]}"}: with no pytest arguments, "${pytest_args[@]}" is an error in bash < 4.4.
+echo "== python -m pytest${pytest_args[*]+ ${pytest_args[*]}}"
 pytest_rc=0
-python -m pytest "${pytest_args[@]}" </dev/null || pytest_rc=$?
+python -m pytest ${pytest_args[@]+"${pytest_args[@]}"} </dev/null || pytest_rc=$?
 
 if ((pytest_rc == 5)); then
     echo "FAILED: pytest collected no tests (exit code 5)" >&2
