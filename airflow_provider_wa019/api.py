@@ -10,12 +10,13 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import IntEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import pendulum
 
+# Part of the contract, kept in constants.py (which imports nothing) and re-exported here.
+from airflow_provider_wa019.constants import REASON_MEANINGS, Reason, reason_meaning  # noqa: F401
 from airflow_provider_wa019.exceptions import EXCERPT_CHARS, WhatsAppAPIError, WhatsAppResponseError
 
 if TYPE_CHECKING:
@@ -64,38 +65,6 @@ UNSENDABLE_TEMPLATE_STATUSES = frozenset(
         "limit_exceeded",
     }
 )
-
-
-class Reason(IntEnum):
-    """The ``reason`` codes the API answers with (vendor's "Status explanation" table)."""
-
-    OK = 1
-    BAD_SENDER_OR_JSON = 2
-    BAD_TOKEN = 3
-    BAD_RECIPIENT = 4
-    EMPTY_BODY = 5
-    WHATSAPP_ERROR = 6
-    WINDOW_CLOSED = 7
-    FIRST_CONTACT = 8
-
-
-REASON_MEANINGS: dict[int, str] = {
-    Reason.OK: "OK",
-    Reason.BAD_SENDER_OR_JSON: "the 'from' account does not exist, or the request JSON is malformed",
-    Reason.BAD_TOKEN: "wrong API token",
-    Reason.BAD_RECIPIENT: "'to' is empty or not a valid number",
-    Reason.EMPTY_BODY: "'body' is empty",
-    Reason.WHATSAPP_ERROR: "WhatsApp error, try again",
-    Reason.WINDOW_CLOSED: (
-        "more than 24 hours since the client's last message: send an approved template instead"
-    ),
-    Reason.FIRST_CONTACT: "first message to this contact: send an approved template instead",
-}
-
-
-def reason_meaning(reason: int) -> str:
-    """The API's meaning of a reason code, or a note that the code is undocumented."""
-    return REASON_MEANINGS.get(reason, f"undocumented reason code {reason}")
 
 
 # --- Requests -------------------------------------------------------------------------------

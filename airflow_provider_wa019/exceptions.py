@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from airflow_provider_wa019.constants import RETRYABLE_REASONS, reason_meaning
+
 #: How much of an unexpected response body an error quotes.
 EXCERPT_CHARS = 200
 
@@ -69,15 +71,12 @@ class WhatsAppAPIError(WhatsAppError):
         http_status: int = 200,
         detail: str | None = None,
     ) -> None:
-        # Imported here: api.py imports this module at its top.
-        from airflow_provider_wa019.api import reason_meaning
-
         self.reason = reason
         self.meaning = reason_meaning(reason)
         self.response = dict(response or {})
         self.http_status = http_status
         # Reason 6 is WhatsApp's own "not sent, try again": the only API refusal worth retrying.
-        self.retryable = reason == 6
+        self.retryable = reason in RETRYABLE_REASONS
         text = f"019sms refused the message: reason {reason} ({self.meaning})"
         if detail:
             # The API's own message, quoted briefly: an answer may carry a megabyte of text.

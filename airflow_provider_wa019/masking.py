@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["SecretRedactor"]
+__all__ = ["SecretRedactor", "mask_number", "scrub"]
 
 _HEX = "0123456789abcdefABCDEF"
 
@@ -63,3 +63,30 @@ class SecretRedactor:
     def text(self, value: str) -> str:
         """``value`` with the secret blanked (a decoded string: escapes are already resolved)."""
         return value.replace(self._secret, self.MASK) if self._secret in value else value
+
+
+def mask_number(number: str) -> str:
+    """A number for log lines: everything but the last 4 digits hidden."""
+    return "*" * max(len(number) - 4, 0) + number[-4:]
+
+
+# A run of digits as people write numbers: "+972 50-123-4567", "972501234567", "(050) 123.4567".
+_NUMBER_LIKE = re.compile(r"\+?\d[\d\s\-().]{4,}\d")
+_IPV4 = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
+_NOT_DIGIT = re.compile(r"\D")
+
+
+def scrub(text: str) -> str:
+    """``text`` with every phone-number-like run (8 or more digits) masked to its last 4 digits.
+
+    Error texts quote the value they refused (``invalid to '050-123-456': ...``) and the API's
+    messages may quote the recipient: neither reaches the task log in full.
+    """
+
+    def mask(match: re.Match[str]) -> str:
+        digits = _NOT_DIGIT.sub("", match.group(0))
+        if len(digits) < 8 or _IPV4.fullmatch(match.group(0)):
+            return match.group(0)  # a short number, an address: not a phone number
+        return mask_number(digits)
+
+    return _NUMBER_LIKE.sub(mask, text)

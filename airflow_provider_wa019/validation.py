@@ -310,7 +310,3 @@ def validate_template_fit(
             f"at most {MAX_TEMPLATE_CHARS}",
         )
 
-
-def mask_number(number: str) -> str:
-    """A number for log lines: everything but the last 4 digits hidden."""
-    return "*" * max(len(number) - 4, 0) + number[-4:]

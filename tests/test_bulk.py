@@ -30,7 +30,6 @@ from airflow_support import airflow_dags_test, run_dag
 
 from airflow_provider_wa019.api import SEND_PATH, TEMPLATE_PATH
 from airflow_provider_wa019.bulk import (
-    MAX_CONCURRENCY,
     BulkReport,
     BulkSender,
     MemoryLedgerStore,
@@ -41,8 +40,7 @@ from airflow_provider_wa019.bulk import (
     scrub,
     task_state_store_of,
 )
-from airflow_provider_wa019.hooks.whatsapp import POOL_MAXSIZE, WhatsAppHook
-from airflow_provider_wa019.operators import bulk as bulk_operators
+from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
 from airflow_provider_wa019.operators.whatsapp import WhatsAppBulkSendOperator
 from airflow_provider_wa019.testing import WhatsAppSimulator
 
@@ -647,10 +645,6 @@ def test_simulator_faults_can_target_one_recipient(sim, hook):
         hook.send_message(second, "x")
     hook.send_message(first, "x")  # not consumed by the other recipient's request
     assert sim.pending_faults == 0
-
-
-def test_concurrency_cap_matches_the_hook_pool():
-    assert MAX_CONCURRENCY == POOL_MAXSIZE == bulk_operators._BULK_MAX_CONCURRENCY
 
 
 @pytest.mark.parametrize(

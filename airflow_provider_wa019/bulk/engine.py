@@ -31,23 +31,20 @@ from airflow_provider_wa019.bulk.report import (
     not_sent,
     scrub,
 )
-from airflow_provider_wa019.exceptions import (
-    WhatsAppAPIError,
-    WhatsAppConfigError,
-    WhatsAppDeliveryUnknownError,
-    WhatsAppError,
-    WhatsAppTransientError,
-    WhatsAppValidationError,
+from airflow_provider_wa019.constants import (
+    DEFAULT_BULK_CONCURRENCY,
+    DEFAULT_SKIP_REASONS,
+    MAX_BULK_CONCURRENCY,
 )
-from airflow_provider_wa019.validation import mask_number
+from airflow_provider_wa019.exceptions import WhatsAppError, WhatsAppValidationError
+from airflow_provider_wa019.masking import mask_number
+from airflow_provider_wa019.outcomes import judge
 
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "MAX_CONCURRENCY", "BulkSender"]
 
-DEFAULT_MAX_CONCURRENCY = 4
-#: The hook's connection pool keeps this many connections per host (``POOL_MAXSIZE``); more
-#: threads than that would open and drop connections on every send. Literal here so this module
-#: does not import the hook (and requests); a test checks that the two agree.
-MAX_CONCURRENCY = 32
+DEFAULT_MAX_CONCURRENCY = DEFAULT_BULK_CONCURRENCY
+#: At most the hook's pool size (``constants.POOL_MAXSIZE``).
+MAX_CONCURRENCY = MAX_BULK_CONCURRENCY
 DEFAULT_PROGRESS_SECONDS = 5.0
 #: Stop the bulk after this many answers in a row that would hit every recipient alike (the API
 #: unreachable, reason 2: the sender or template does not exist).
@@ -98,7 +95,7 @@ class BulkSender:
         ledger: ProgressLedger | None = None,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         rate_per_second: float | None = None,
-        skip_on_reasons: Iterable[int] = (7, 8),
+        skip_on_reasons: Iterable[int] = DEFAULT_SKIP_REASONS,
         resend_unknown: bool = True,
         log: Any = None,
         secrets: Iterable[str] = (),
@@ -145,27 +142,32 @@ class BulkSender:
         return Outcome("sent", unique=result.unique, reason=int(result.reason), key="1")
 
     def classify(self, err: WhatsAppError) -> Outcome:
-        """The outcome of a send that raised ``err``: the single send's rules, per recipient."""
+        """The outcome of a send that raised ``err``: the single send's rules (``outcomes.judge``),
+        per recipient."""
         text = str(err)
-        if isinstance(err, WhatsAppValidationError):
+        verdict = judge(err, self.skip_on_reasons)
+        if verdict.kind == "invalid":
             return Outcome("invalid", error=text, key="invalid")
-        if isinstance(err, WhatsAppAPIError):
-            key = str(err.reason)
-            if err.reason in self.skip_on_reasons:
-                return Outcome("skipped", reason=err.reason, error=text, key=key)
+        if verdict.kind == "skipped":
+            return Outcome("skipped", reason=verdict.reason, error=text, key=str(verdict.reason))
+        if verdict.kind == "refused":
             # Reason 6 (after the hook's own retries) is "not sent, try again": retryable.
-            return Outcome("failed", reason=err.reason, error=text, key=key, retryable=err.retryable)
-        if isinstance(err, WhatsAppTransientError):
-            # Connection refused, 429/502/503/504 after the hook's retries: nothing was sent.
+            return Outcome(
+                "failed",
+                reason=verdict.reason,
+                error=text,
+                key=str(verdict.reason),
+                retryable=verdict.retryable,
+            )
+        if verdict.kind == "not_sent":
             return Outcome("failed", error=text, key="unreachable", retryable=True)
-        if isinstance(err, WhatsAppDeliveryUnknownError):
-            # Read timeout, HTTP 500, connection dropped mid-answer: maybe delivered.
+        if verdict.kind == "unknown":
             return Outcome("unknown", error=text, key="unknown", retryable=True)
-        if isinstance(err, WhatsAppConfigError):
-            return Outcome("failed", error=text, key="config")
-        # WhatsAppResponseError: an answer that is not the API's JSON. Maybe delivered; the single
-        # send does not retry it, and neither does the bulk (only resend_unknown decides later).
-        return Outcome("unknown", error=text, key="bad_response")
+        if verdict.kind == "bad_response":
+            # Maybe delivered; the single send does not retry it, and neither does the bulk (only
+            # resend_unknown decides later).
+            return Outcome("unknown", error=text, key="bad_response")
+        return Outcome("failed", error=text, key="config")
 
     # -- main thread -----------------------------------------------------------------------------
 

@@ -5,12 +5,12 @@
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from airflow_provider_wa019.validation import mask_number
+from airflow_provider_wa019.constants import reason_meaning
+from airflow_provider_wa019.masking import scrub
 
 __all__ = ["NOT_SENT", "BulkReport", "Outcome", "Status", "describe", "format_progress", "not_sent", "scrub"]
 
@@ -121,28 +121,5 @@ def not_sent(error: str) -> Outcome:
 def describe(outcome: Outcome) -> str:
     """A log-safe description of an outcome: phone numbers in it are masked."""
     if outcome.reason is not None:
-        from airflow_provider_wa019.api import reason_meaning
-
         return f"{outcome.status}, reason {outcome.reason} ({reason_meaning(outcome.reason)})"
     return f"{outcome.status}: {scrub(outcome.error or outcome.key or '')}"
-
-
-# A run of digits as people write numbers: "+972 50-123-4567", "972501234567", "(050) 123.4567".
-_NUMBER_LIKE = re.compile(r"\+?\d[\d\s\-().]{4,}\d")
-_IPV4 = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
-
-
-def scrub(text: str) -> str:
-    """``text`` with every phone-number-like run (8 or more digits) masked to its last 4 digits.
-
-    Error texts quote the value they refused (``invalid to '050-123-456': ...``) and the API's
-    messages may quote the recipient: neither reaches the task log in full.
-    """
-
-    def mask(match: re.Match[str]) -> str:
-        digits = re.sub(r"\D", "", match.group(0))
-        if len(digits) < 8 or _IPV4.fullmatch(match.group(0)):
-            return match.group(0)  # a short number, an address: not a phone number
-        return mask_number(digits)
-
-    return _NUMBER_LIKE.sub(mask, text)

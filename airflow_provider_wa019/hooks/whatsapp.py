@@ -46,6 +46,13 @@ from airflow_provider_wa019.api import (
     send_payload,
     template_payload,
 )
+from airflow_provider_wa019.constants import (
+    CONN_TYPE,
+    DEFAULT_CONN_ID,
+    POOL_MAXSIZE,
+    RETRYABLE_REASONS,
+    WINDOW_REASONS,
+)
 from airflow_provider_wa019.exceptions import (
     WhatsAppAPIError,
     WhatsAppConfigError,
@@ -56,10 +63,9 @@ from airflow_provider_wa019.exceptions import (
     WhatsAppValidationError,
     excerpt,
 )
-from airflow_provider_wa019.masking import SecretRedactor
+from airflow_provider_wa019.masking import SecretRedactor, mask_number
 from airflow_provider_wa019.validation import (
     SPACE_OR_CONTROL,
-    mask_number,
     normalize_number,
     validate_body,
     validate_header,
@@ -94,12 +100,6 @@ MAX_TIMEOUT_SECONDS = 3600.0
 _NAMED_TEMPLATES = 10
 MAX_ATTEMPTS_LIMIT = 10
 
-#: Refusals after which a template may go out instead: nothing was sent, and a template may be.
-FALLBACK_REASONS = frozenset({Reason.WINDOW_CLOSED, Reason.FIRST_CONTACT})
-
-#: Kept-alive connections per host in the session's pool. Callers sending from several threads at
-#: once (the bulk operator) stay at or below it, or connections beyond it are opened and dropped.
-POOL_MAXSIZE = 32
 
 
 @dataclass(frozen=True)
@@ -187,8 +187,8 @@ class WhatsAppHook(BaseHook):
     """
 
     conn_name_attr = "wa019_conn_id"
-    default_conn_name = "wa019_default"
-    conn_type = "wa019"
+    default_conn_name = DEFAULT_CONN_ID
+    conn_type = CONN_TYPE
     hook_name = "019sms WhatsApp"
 
     #: Level of the two per-message lines ("Sending ...", "... accepted"). The bulk operator lowers
@@ -466,7 +466,7 @@ class WhatsAppHook(BaseHook):
         except WhatsAppAPIError as err:
             # Only 7 and 8 say "not sent, but a template would be"; any other refusal would
             # refuse the template too, or must end the caller by its own rule.
-            if not fallback_template or err.reason not in FALLBACK_REASONS:
+            if not fallback_template or err.reason not in WINDOW_REASONS:
                 raise
             self.log.warning(
                 "%s. Sending template %r instead.", err, getattr(fallback_template, "name", fallback_template)
@@ -549,7 +549,7 @@ class WhatsAppHook(BaseHook):
             try:
                 result = parse_send_response(status, body, scrub=cfg.redactor.text)
             except WhatsAppAPIError as err:
-                if err.reason != Reason.WHATSAPP_ERROR or attempt == cfg.max_attempts:
+                if err.reason not in RETRYABLE_REASONS or attempt == cfg.max_attempts:
                     raise
                 # Reason 6 is WhatsApp's own "error, try again": the message was not sent, so
                 # sending it again cannot produce a duplicate.

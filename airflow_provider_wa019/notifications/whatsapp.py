@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseNotifier
 
+from airflow_provider_wa019.constants import DEFAULT_CONN_ID
+
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
@@ -36,10 +38,6 @@ DEFAULT_BODY = (
     "{% if deadline is defined and deadline %}\nDeadline missed: {{ deadline.deadline_time }}{% endif %}"
     "{% if ti is defined and ti %}\nLog: {{ ti.log_url }}{% endif %}"
 )
-
-# A refused token: every other recipient would get the same answer. (Reason 2 is left out: from
-# the template endpoint it may be about the template, and one request per recipient is cheap.)
-_CONNECTION_REASONS = frozenset({3})
 
 
 class WhatsAppNotifier(BaseNotifier):
@@ -88,7 +86,7 @@ class WhatsAppNotifier(BaseNotifier):
         template: str | None = None,
         variables: Sequence[str] = (),
         sender: str | None = None,
-        wa019_conn_id: str = "wa019_default",
+        wa019_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
         # kwargs carries ``context`` when Airflow builds the notifier itself (deadline alerts,
@@ -126,11 +124,13 @@ class WhatsAppNotifier(BaseNotifier):
 
     def notify(self, context: Context) -> None:
         """Send the rendered message to every recipient (called by ``__call__``)."""
-        from airflow_provider_wa019.exceptions import WhatsAppAPIError, WhatsAppConfigError, WhatsAppError
+        from airflow_provider_wa019.exceptions import WhatsAppError
         from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
-        from airflow_provider_wa019.validation import mask_number
+        from airflow_provider_wa019.masking import mask_number
+        from airflow_provider_wa019.outcomes import judge
+        from airflow_provider_wa019.templating import recipient_list
 
-        recipients = _recipients(self.to)
+        recipients = recipient_list(self.to)
         if not recipients:
             self.log.error("WhatsApp notification not sent: 'to' rendered to no recipient (%r)", self.to)
             return
@@ -143,9 +143,10 @@ class WhatsAppNotifier(BaseNotifier):
                         result, sent_as = self._send_one(hook, number)
                     except WhatsAppError as err:
                         self.log.error("WhatsApp notification to %s not sent: %s", shown, err)
-                        if isinstance(err, WhatsAppConfigError) or (
-                            isinstance(err, WhatsAppAPIError) and err.reason in _CONNECTION_REASONS
-                        ):
+                        # A refused token, an unusable connection: every other recipient would get
+                        # the same answer. (Reason 2 is not: from the template endpoint it may be
+                        # about the template, and one request per recipient is cheap.)
+                        if judge(err).connection_at_fault:
                             self.log.error("Not trying the other recipients: the connection is at fault")
                             break
                         continue
@@ -160,7 +161,7 @@ class WhatsAppNotifier(BaseNotifier):
 
     def _send_one(self, hook: WhatsAppHook, number: str) -> tuple[SendResult, str]:
         from airflow_provider_wa019.api import MAX_BODY_CHARS, collapse_whitespace
-        from airflow_provider_wa019.operators.whatsapp import template_variables
+        from airflow_provider_wa019.templating import template_variables
 
         # WhatsApp refuses a template variable with a line break, a tab or 5 spaces in a row, and
         # a rendered "{{ exception }}" or traceback has all of them: one line each, always.
@@ -175,19 +176,6 @@ class WhatsAppNotifier(BaseNotifier):
         return hook.send_message_or_template(
             number, body, fallback_template=self.template, fallback_variables=variables, sender=self.sender
         )
-
-
-def _recipients(value: Any) -> list[str]:
-    # A templated ``to`` renders to text: a list literal (from an XCom or Variable list) or
-    # comma-separated numbers mean several recipients. Phone numbers never contain commas.
-    if not isinstance(value, str):
-        return [str(n) for n in value]
-    from airflow_provider_wa019.operators.whatsapp import template_variables
-
-    parsed = template_variables(value)
-    if len(parsed) == 1 and "," in value and not value.lstrip().startswith(("[", "(")):
-        parsed = value.split(",")
-    return [str(n).strip() for n in parsed if str(n).strip()]
 
 
 #: Snake-case alias, so callbacks read naturally: ``on_failure_callback=send_whatsapp_notification(...)``.

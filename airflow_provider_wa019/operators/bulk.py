@@ -18,7 +18,8 @@ from airflow.providers.common.compat.sdk import (
     BaseOperator,
 )
 
-from airflow_provider_wa019.operators.whatsapp import DEFAULT_SKIP_REASONS, task_outcome
+from airflow_provider_wa019.constants import DEFAULT_CONN_ID, DEFAULT_SKIP_REASONS, MAX_BULK_CONCURRENCY
+from airflow_provider_wa019.operators.outcome import task_outcome
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -27,9 +28,8 @@ __all__ = ["WhatsAppBulkSendOperator"]
 
 #: Bodies ending with these are template files (found on the DAG's template search path).
 _BULK_BODY_FILE_EXT = (".txt", ".j2")
-#: The hook's connection pool size (``hooks.whatsapp.POOL_MAXSIZE``): more threads than that would
-#: open and drop a connection per send. Literal here so parsing a DAG file imports no hook.
-_BULK_MAX_CONCURRENCY = 32
+#: At most the hook's pool size (``constants.POOL_MAXSIZE``).
+_BULK_MAX_CONCURRENCY = MAX_BULK_CONCURRENCY
 
 
 def _bulk_is_int(value: Any) -> bool:
@@ -133,7 +133,7 @@ class WhatsAppBulkSendOperator(BaseOperator):
     :param progress_interval: seconds between progress lines in the task log.
     """
 
-    template_fields: Sequence[str] = ("recipients", "template", "sender")
+    template_fields: Sequence[str] = ("recipients", "template", "sender", "wa019_conn_id")
     ui_color = "#25d366"
 
     def __init__(
@@ -146,7 +146,7 @@ class WhatsAppBulkSendOperator(BaseOperator):
         header_type: int | None = None,
         header_link: str | None = None,
         sender: str | None = None,
-        wa019_conn_id: str = "wa019_default",
+        wa019_conn_id: str = DEFAULT_CONN_ID,
         max_concurrency: int = 4,
         rate_per_second: float | None = None,
         max_failure_ratio: float = 0.0,

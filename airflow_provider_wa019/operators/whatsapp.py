@@ -10,22 +10,26 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 # The compat layer resolves to airflow.sdk on every Airflow 3 release we support.
-from airflow.providers.common.compat.sdk import (
-    AirflowException,
-    AirflowFailException,
-    AirflowSkipException,
-    BaseOperator,
-)
+from airflow.providers.common.compat.sdk import BaseOperator
+
+# Import-free modules: nothing more loads at DAG parse time.
+from airflow_provider_wa019.constants import DEFAULT_CONN_ID, DEFAULT_SKIP_REASONS
+from airflow_provider_wa019.operators.outcome import task_outcome
+from airflow_provider_wa019.templating import template_variables
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_wa019.exceptions import WhatsAppError
-    from airflow_provider_wa019.operators.bulk import WhatsAppBulkSendOperator  # noqa: F401 (re-export)
+    from airflow_provider_wa019.operators.bulk import WhatsAppBulkSendOperator
 
-#: Reasons that skip a send by default: the 24 h window is closed (7) or was never opened (8),
-#: so only an approved template can reach the client.
-DEFAULT_SKIP_REASONS = (7, 8)
+__all__ = [
+    "DEFAULT_SKIP_REASONS",
+    "WhatsAppBulkSendOperator",
+    "WhatsAppSendOperator",
+    "WhatsAppSendTemplateOperator",
+    "task_outcome",
+    "template_variables",
+]
 
 
 class WhatsAppSendOperator(BaseOperator):
@@ -67,6 +71,7 @@ class WhatsAppSendOperator(BaseOperator):
         "sender",
         "fallback_template",
         "fallback_variables",
+        "wa019_conn_id",
     )
     template_ext: Sequence[str] = (".txt", ".j2")
     ui_color = "#25d366"
@@ -78,7 +83,7 @@ class WhatsAppSendOperator(BaseOperator):
         body: str,
         reply_to: str | None = None,
         sender: str | None = None,
-        wa019_conn_id: str = "wa019_default",
+        wa019_conn_id: str = DEFAULT_CONN_ID,
         skip_on_reasons: Collection[int] = DEFAULT_SKIP_REASONS,
         fallback_template: str | None = None,
         fallback_variables: Sequence[str] | str = (),
@@ -110,9 +115,10 @@ class WhatsAppSendOperator(BaseOperator):
                 )
         except WhatsAppError as err:
             raise task_outcome(err, self.skip_on_reasons, log=self.log) from err
-        ti = context["ti"]
-        ti.xcom_push(key="response", value=result.to_dict())
-        ti.xcom_push(key="sent_as", value=sent_as)
+        if self.do_xcom_push:
+            ti = context["ti"]
+            ti.xcom_push(key="response", value=result.to_dict())
+            ti.xcom_push(key="sent_as", value=sent_as)
         return result.unique
 
 
@@ -142,7 +148,15 @@ class WhatsAppSendTemplateOperator(BaseOperator):
     :param skip_on_reasons: API reason codes that skip the task instead of failing it.
     """
 
-    template_fields: Sequence[str] = ("to", "template", "variables", "header_type", "header_link", "sender")
+    template_fields: Sequence[str] = (
+        "to",
+        "template",
+        "variables",
+        "header_type",
+        "header_link",
+        "sender",
+        "wa019_conn_id",
+    )
     ui_color = "#128c7e"
 
     def __init__(
@@ -154,7 +168,7 @@ class WhatsAppSendTemplateOperator(BaseOperator):
         header_type: int | str | None = None,
         header_link: str | None = None,
         sender: str | None = None,
-        wa019_conn_id: str = "wa019_default",
+        wa019_conn_id: str = DEFAULT_CONN_ID,
         check_template: bool = False,
         skip_on_reasons: Collection[int] = (),
         **kwargs: Any,
@@ -187,47 +201,9 @@ class WhatsAppSendTemplateOperator(BaseOperator):
                 )
         except WhatsAppError as err:
             raise task_outcome(err, self.skip_on_reasons, log=self.log) from err
-        context["ti"].xcom_push(key="response", value=result.to_dict())
+        if self.do_xcom_push:
+            context["ti"].xcom_push(key="response", value=result.to_dict())
         return result.unique
-
-
-def template_variables(value: Any) -> Any:
-    """Template variables as templating left them, made into a list where that is meant.
-
-    A string that is a list or tuple literal (what Jinja makes of an XCom list without
-    ``render_template_as_native_obj``) becomes that list; any other string is one value. Other
-    values pass through for the hook to check.
-    """
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    if text.startswith(("[", "(")):
-        import ast
-
-        try:
-            parsed = ast.literal_eval(text)
-        # TypeError: "[{[1]: 2}]" (an unhashable key) is no literal either.
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-            parsed = None
-        if isinstance(parsed, (list, tuple)):
-            return list(parsed)
-    return [value]
-
-
-def task_outcome(err: WhatsAppError, skip_on_reasons: Collection[int], *, log: Any) -> Exception:
-    """The Airflow exception that ends a task whose send raised ``err``.
-
-    Skip for the reasons the user chose; fail with retries only where the message was not sent
-    or its delivery is unknown; fail without retry where trying again cannot help.
-    """
-    reason = getattr(err, "reason", None)
-    if reason is not None and reason in skip_on_reasons:
-        message = f"{err}. Skipping this task: send an approved template message to reach this client."
-        log.warning("%s", message)
-        return AirflowSkipException(message)
-    if err.retryable:
-        return AirflowException(str(err))
-    return AirflowFailException(str(err))
 
 
 # --- Bulk sends -------------------------------------------------------------------------------
