@@ -260,3 +260,24 @@ def test_task_log_explains_the_reason_and_never_shows_the_token(tmp_path, airflo
     assert "Skipping this task" in log
     assert f"accepted, id {sent[0]}" in log
     assert "to ********4567" in log
+
+
+def test_do_xcom_push_false_pushes_nothing(sim, airflow_db):
+    result = run_dag(send_dag("op_no_xcom", do_xcom_push=False))
+    assert result.tis["send"] == (SUCCESS, 1)
+    assert len(sim.sent) == 1
+    for key in ("return_value", "response", "sent_as"):
+        with pytest.raises(KeyError):
+            result.xcom("send", key=key)
+
+
+def test_the_connection_id_is_a_template_field(sim, airflow_db, wa019_env):
+    # A second account, chosen per run: the send goes through it, not wa019_default.
+    with WhatsAppSimulator(senders=("972779999999",)) as other:
+        other.open_window(CLIENT)
+        wa019_env(conn_id="wa019_other", host=other.base_url, password=other.token, sender=other.sender, **FAST)
+        dag = send_dag("op_templated_conn", params={"account": "wa019_other"}, wa019_conn_id="{{ params.account }}")
+        result = run_dag(dag)
+        assert result.tis["send"] == (SUCCESS, 1)
+        assert [m["from"] for m in other.sent] == ["972779999999"]
+    assert sim.sent == []
