@@ -149,6 +149,188 @@ def count_placeholders(body: str) -> int:
     return max((int(n) for n in PLACEHOLDER_RE.findall(body)), default=0)
 
 
+# --- Inbound messages (the webhook) ---------------------------------------------------------
+# The platform POSTs one client message per request as a JSON object (99digital's documented
+# format for this dialect; see the README's "Receiving messages"). The receiver parses it with
+# parse_inbound and the simulator builds it with inbound_payload: one format, in one place.
+
+#: Fields without which a delivery is refused (HTTP 400): the id, the client, the kind.
+INBOUND_REQUIRED_FIELDS = ("unique", "from", "type")
+#: A delivery's body is at most this many bytes (HTTP 413 above).
+MAX_INBOUND_BYTES = 64 * 1024
+#: The client's window for free-form messages: 24 h from their last message (the seed's rule).
+WINDOW_SECONDS = 24 * 60 * 60
+#: ``hook`` of a client message; other values (status notices) are kept as they came.
+HOOK_NEW_MESSAGE = "new"
+
+
+class InboundError(ValueError):
+    """A delivery that is not a client message in the documented format (the receiver's 400)."""
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """One message a client sent to the account, as the webhook received it. Immutable.
+
+    :ivar unique: the platform's id of the message; quote it with ``reply_to=unique``.
+    :ivar sender: the client's number, normalised to international digits (``972507654321``).
+    :ivar to: the account (business) number it was sent to, digits; None if absent.
+    :ivar type: ``text``, ``image``, ``audio``, ``video``, ``ptt``, ``document``, ``location``,
+        ``button``, ``list``, ``contacts``, ``reaction``, ``order``, or what the platform sent.
+    :ivar body: the text (for media: a link to it; ``location``: ``"lat,lng"``), or None.
+    :ivar caption: a media caption, or None.
+    :ivar timestamp: when the client sent it (UTC); the receipt time if the platform gave none.
+    :ivar quote_unique: the ``unique`` of our message the client quoted, or None.
+    :ivar sender_name: the client's profile name, or None.
+    :ivar raw: the delivery as decoded (unknown fields kept), read-only.
+    """
+
+    unique: str
+    sender: str
+    to: str | None
+    type: str
+    body: str | None
+    caption: str | None
+    timestamp: DateTime
+    quote_unique: str | None = None
+    sender_name: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "raw", MappingProxyType(dict(self.raw)))
+
+    @property
+    def window_closes_at(self) -> DateTime:
+        """When the client's 24 h free-form window opened by this message closes."""
+        return self.timestamp.add(seconds=WINDOW_SECONDS)
+
+    def window_open(self, now: DateTime | None = None) -> bool:
+        """Whether a free-form message to the client is allowed now, judged by this message
+        alone (a later message of the client's extends the window; the API has the last word)."""
+        return (now or pendulum.now("UTC")) < self.window_closes_at
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form kept in the asset event's ``extra`` (and read back by :meth:`from_dict`)."""
+        return {
+            "unique": self.unique,
+            "sender": self.sender,
+            "to": self.to,
+            "type": self.type,
+            "body": self.body,
+            "caption": self.caption,
+            "timestamp": self.timestamp.isoformat(),
+            "quote_unique": self.quote_unique,
+            "sender_name": self.sender_name,
+            "raw": dict(self.raw),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> InboundMessage:
+        """The message of :meth:`to_dict`'s form (an asset event's ``extra``)."""
+        stamp = pendulum.parse(str(data["timestamp"]))
+        return cls(
+            unique=str(data["unique"]),
+            sender=str(data["sender"]),
+            to=_text(data.get("to")),
+            type=str(data["type"]),
+            body=_text(data.get("body")),
+            caption=_text(data.get("caption")),
+            timestamp=stamp.in_timezone("UTC"),  # type: ignore[union-attr]
+            quote_unique=_text(data.get("quote_unique")),
+            sender_name=_text(data.get("sender_name")),
+            raw=data.get("raw") or {},
+        )
+
+
+def parse_inbound(data: Any, *, received_at: DateTime | None = None) -> InboundMessage:
+    """A webhook delivery (decoded JSON) as an :class:`InboundMessage`.
+
+    Numbers are normalised the way the API writes them (international digits). Unknown fields
+    stay in ``raw``.
+
+    :raises InboundError: not a JSON object, or ``unique``/``from``/``type`` missing or unusable.
+    """
+    if not isinstance(data, Mapping):
+        raise InboundError("the body must be a JSON object")
+    missing = [name for name in INBOUND_REQUIRED_FIELDS if data.get(name) in (None, "", False)]
+    if missing:
+        raise InboundError(f"missing field(s): {', '.join(missing)}")
+    unique = data["unique"]
+    if isinstance(unique, bool) or not isinstance(unique, (str, int)) or not _UNIQUE_RE.fullmatch(str(unique)):
+        raise InboundError(f"'unique' is not a message id (1 to {MAX_UNIQUE_CHARS} characters, no spaces)")
+    sender = _digits(data["from"])
+    if sender is None:
+        raise InboundError("'from' is not a phone number")
+    kind = data["type"]
+    if not isinstance(kind, str) or not kind.strip() or len(kind) > 32:
+        raise InboundError("'type' is not a message type")
+    quoted = data.get("quoteUnique")
+    return InboundMessage(
+        unique=str(unique),
+        sender=sender,
+        to=_digits(data.get("to")),
+        type=kind.strip(),
+        body=_text_field(data.get("body")),
+        caption=_text_field(data.get("caption")),
+        timestamp=_timestamp(data.get("timestamp")) or received_at or pendulum.now("UTC"),
+        quote_unique=str(quoted) if isinstance(quoted, (str, int)) and not isinstance(quoted, bool) and str(quoted) else None,
+        sender_name=_text_field(data.get("senderName")),
+        raw=data,
+    )
+
+
+def inbound_payload(
+    *,
+    unique: str,
+    sender: str,
+    to: str,
+    body: str,
+    type: str = "text",
+    timestamp: DateTime,
+    quote_unique: str | None = None,
+    sender_name: str | None = None,
+    caption: str | None = None,
+) -> dict[str, Any]:
+    """The JSON body the platform POSTs for one client message (what the simulator delivers)."""
+    return {
+        "status": "OK",
+        "hook": HOOK_NEW_MESSAGE,
+        "unique": unique,
+        "from": sender,
+        "from_id": f"XX.{sender.zfill(16)[-16:]}",  # stable per client, as the platform's is
+        "username": None,
+        "country": None,
+        "phone": sender,
+        "to": to,
+        "senderName": sender_name,
+        "type": type,
+        "body": body,
+        "caption": caption if caption is not None else False,
+        "isForwarded": False,
+        "timestamp": str(int(timestamp.timestamp())),
+        "media": type not in ("text", "button", "list", "location", "contacts", "reaction"),
+        "quote": quote_unique is not None,
+        "quoteUnique": quote_unique if quote_unique is not None else False,
+        "profilePic": None,
+        "conversationTimeLeft": "1440",
+    }
+
+
+def _digits(value: Any) -> str | None:
+    # The platform writes numbers as international digits; accept the spellings people use too.
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    digits = compact_number(str(value)).lstrip("+")
+    return digits if digits.isascii() and digits.isdigit() and 6 <= len(digits) <= 15 else None
+
+
+def _text_field(value: Any) -> str | None:
+    # The platform writes false for "none" (caption, quoteUnique).
+    if value is None or value is False:
+        return None
+    return str(value)
+
+
 # --- Responses ------------------------------------------------------------------------------
 
 
