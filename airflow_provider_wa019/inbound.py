@@ -60,7 +60,7 @@ def inbound_messages(context: Mapping[str, Any], conn_id: str | None = None) -> 
 
     events = context.get("triggering_asset_events") or {}
     wanted = inbound_uri(conn_id) if conn_id is not None else None
-    messages = []
+    messages: dict[str, InboundMessage] = {}  # by unique: an event shows once per alias too
     for asset, asset_events in events.items():
         uri = getattr(asset, "uri", asset)
         if not isinstance(uri, str) or not uri.startswith("wa019://") or (wanted and uri != wanted):
@@ -68,6 +68,6 @@ def inbound_messages(context: Mapping[str, Any], conn_id: str | None = None) -> 
         for event in asset_events:
             data = (getattr(event, "extra", None) or {}).get(EXTRA_KEY)
             if isinstance(data, Mapping):
-                messages.append(InboundMessage.from_dict(data))
-    messages.sort(key=lambda m: m.timestamp)
-    return messages
+                message = InboundMessage.from_dict(data)
+                messages.setdefault(message.unique, message)
+    return sorted(messages.values(), key=lambda m: m.timestamp)
