@@ -186,7 +186,7 @@ def test_each_client_gets_one_reply_to_their_newest_message_by_default(sim, airf
 
 
 def test_a_closed_window_goes_straight_to_the_fallback_template(sim, airflow_db):
-    late = payload("in-1", body="A-7", ago=pendulum.duration(hours=25))
+    late = payload("in-1", body="A-7\n\tplease", ago=pendulum.duration(hours=25))
     dag = reply_dag(
         "reply_fallback", body="never sent", messages=[late],
         fallback_template="follow_up", fallback_variables=["{{ message.body }}"],
@@ -195,7 +195,7 @@ def test_a_closed_window_goes_straight_to_the_fallback_template(sim, airflow_db)
     assert result.tis["answer"] == ("success", 1)
     assert sim.requests_to(SEND_PATH) == []  # no refused free-form request first
     [sent] = sim.sent
-    assert (sent["kind"], sent["body"]) == ("template", "Hi, about A-7")
+    assert (sent["kind"], sent["body"]) == ("template", "Hi, about A-7 please")
 
 
 def test_a_closed_window_without_fallback_skips_without_a_request(sim, airflow_db):

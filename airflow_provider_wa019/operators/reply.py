@@ -52,7 +52,8 @@ class WhatsAppReplyOperator(BaseOperator):
     :param sender: ``from`` account (templated); defaults to the connection's ``sender``.
     :param fallback_template: an approved template for clients whose window has closed
         (templated).
-    :param fallback_variables: its ``{{1}}`` ... values (Jinja, rendered per message).
+    :param fallback_variables: its ``{{1}}`` ... values (Jinja, rendered per message; line
+        breaks and runs of spaces become one space, as WhatsApp requires).
     :param each_message: answer every triggering message, not only each client's newest.
     :param skip_on_reasons: API reasons that skip a reply instead of failing the task.
     """
@@ -86,6 +87,7 @@ class WhatsAppReplyOperator(BaseOperator):
         self.skip_on_reasons = frozenset(int(r) for r in skip_on_reasons)
 
     def execute(self, context: Context) -> list[str]:
+        from airflow_provider_wa019.api import collapse_whitespace
         from airflow_provider_wa019.exceptions import WhatsAppAPIError, WhatsAppError
         from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
         from airflow_provider_wa019.inbound import inbound_messages
@@ -111,9 +113,9 @@ class WhatsAppReplyOperator(BaseOperator):
                 names = {**context, "message": message}
                 shown = mask_number(message.sender)
                 try:
-                    result, sent_as = self._reply(
-                        hook, message, body.render(names), [v.render(names) for v in variables]
-                    )
+                    # One line per variable: WhatsApp refuses line breaks in them (132018).
+                    values = [collapse_whitespace(v.render(names)) for v in variables]
+                    result, sent_as = self._reply(hook, message, body.render(names), values)
                 except WhatsAppError as err:
                     if isinstance(err, WhatsAppAPIError) and err.reason in self.skip_on_reasons:
                         skipped += 1
