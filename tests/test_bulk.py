@@ -5,10 +5,10 @@ the simulator's request log, never from the code under test. Under ``dag.test()`
 the end: a retryable failure with ``retries=1`` ends ``failed`` with try number 2, a failure
 without retry ends ``failed`` with try number 1.
 
-The progress ledger lives in ``context["task_state_store"]`` (Airflow 3.3+), which ``dag.test()``
-keeps in the test metadata DB across tries, like a real deployment does. On older Airflow (the
-suite also runs on the lowest supported version) the tests that need it are skipped, and
-``test_without_task_state_store_the_task_is_never_retried`` runs instead.
+The progress ledger lives in Airflow Variables, which ``dag.test()`` keeps in the test metadata
+DB across tries and clears, like a real deployment does, on every supported Airflow (the suite
+also runs on the lowest supported version). tests/test_ledger.py clears tasks the way users and
+Airflow do (REST API, ``clear_on_success``, mark-success, task state discarded).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from airflow_provider_wa019.bulk import (
     format_progress,
     parse_recipients,
     scrub,
-    task_state_store_of,
 )
 from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
 from airflow_provider_wa019.operators.whatsapp import WhatsAppBulkSendOperator
@@ -49,13 +48,6 @@ START = pendulum.datetime(2026, 1, 1, tz="UTC")
 FAST = {"backoff_factor": 0.01, "max_retry_wait": 0.1, "timeout": [1, 3]}
 SUCCESS, SKIPPED, FAILED = "success", "skipped", "failed"
 RETRY_FAST = {"retry_delay": timedelta(milliseconds=1)}
-try:
-    from airflow.sdk import NEVER_EXPIRE  # noqa: F401  (arrived with task_state_store, Airflow 3.3)
-
-    HAS_STATE_STORE = True
-except ImportError:
-    HAS_STATE_STORE = False
-needs_state_store = pytest.mark.skipif(not HAS_STATE_STORE, reason="task_state_store arrived in Airflow 3.3")
 EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"
 
 
@@ -103,7 +95,6 @@ def bulk_dag(dag_id: str, *, retries: int = 1, **op_kwargs) -> DAG:
     ],
     ids=["reason 6 persists", "reason 6 clears"],
 )
-@needs_state_store
 def test_mixed_recipients_give_the_summary_and_task_state(
     sim, airflow_db, reason6_answers, state, try_number, sent, failed
 ):
@@ -296,7 +287,6 @@ def test_example_bulk_dag_runs_against_the_simulator(sim, airflow_db):
 # --------------------------------------------------------------------------------------------
 
 
-@needs_state_store
 def test_try_killed_part_way_is_followed_by_a_retry_that_sends_the_rest_once(sim, airflow_db):
     nums = open_windows(sim, numbers(10))
     # One at a time, in order; the 5th message hangs for 2 s and Airflow kills the try after 1 s
@@ -323,7 +313,6 @@ def test_try_killed_part_way_is_followed_by_a_retry_that_sends_the_rest_once(sim
     assert {n: r["unique"] for n, r in result.xcom("bulk", key="results").items()} == delivered
 
 
-@needs_state_store
 @pytest.mark.parametrize("resend_unknown", [True, False])
 def test_unknown_delivery_is_resent_only_with_resend_unknown(sim, airflow_db, resend_unknown):
     unsure, *others = nums = open_windows(sim, numbers(4))
@@ -345,7 +334,6 @@ def test_unknown_delivery_is_resent_only_with_resend_unknown(sim, airflow_db, re
         assert (summary["sent"], summary["unknown"], status) == (3, 1, "unknown")
 
 
-@needs_state_store
 def test_a_cleared_and_rerun_task_does_not_send_again(sim, airflow_db):
     nums = open_windows(sim, numbers(5))
     dag = bulk_dag("bulk_cleared", recipients=nums, retries=0)
@@ -362,9 +350,9 @@ def test_a_cleared_and_rerun_task_does_not_send_again(sim, airflow_db):
 def clear_and_rerun(dag: DAG, run_id: str, task_id: str) -> str:
     """Clear a finished task instance as a user would, then run its next try in-process.
 
-    ``dag.test()`` cannot do this: it replaces the whole dag run (and with it the task's state
-    store). Here the run stays; the task instance is cleared with Airflow's own
-    ``clear_task_instances`` and run with the task SDK's in-process supervisor.
+    ``dag.test()`` cannot do this: it replaces the whole dag run. Here the run stays; the task
+    instance is cleared with Airflow's own ``clear_task_instances`` and run with the task SDK's
+    in-process supervisor.
     """
     from airflow.models.taskinstance import TaskInstance, clear_task_instances
     from airflow.sdk.api.datamodels._generated import TaskInstance as SdkTaskInstance
@@ -394,17 +382,16 @@ def clear_and_rerun(dag: DAG, run_id: str, task_id: str) -> str:
     return run_task_in_process(ti=sdk_ti, task=dag.get_task(task_id)).state
 
 
-@pytest.mark.skipif(HAS_STATE_STORE, reason="Airflow 3.3+ has task_state_store")
-def test_without_task_state_store_the_task_is_never_retried(sim, airflow_db):
-    # Airflow < 3.3: no ledger, so a retry could not know whom the first try reached.
+def test_airflow_retries_apply_on_every_version_and_never_resend_to_the_confirmed(sim, airflow_db):
+    # Also on Airflow 3.1/3.2, which have no task_state_store: the ledger is in Variables there too.
     flaky, ok = open_windows(sim, numbers(2))
     sim.fail_next(99, reason=6, to=flaky)
 
-    result = run_dag(bulk_dag("bulk_no_store", recipients=[flaky, ok], retries=3))
+    result = run_dag(bulk_dag("bulk_all_retries", recipients=[flaky, ok], retries=2))
 
-    assert result.tis["bulk"] == (FAILED, 1)  # retryable, but turned into a failure without retry
+    assert result.tis["bulk"] == (FAILED, 3)  # retried twice, reason 6 every time
     assert result.xcom("bulk")["failed"] == {"6": 1}
-    assert sends_per_number(sim) == {flaky: 3, ok: 1}  # the hook's own 3 tries, one try of the task
+    assert sends_per_number(sim) == {flaky: 9, ok: 1}  # the hook's own 3 tries in each of 3 tries
 
 
 LOG_DAG = """
@@ -664,18 +651,16 @@ def test_bad_arguments_fail_at_dag_parse_time(kwargs, problem):
         WhatsAppBulkSendOperator(task_id="t", recipients=[], **kwargs)
 
 
-def test_without_a_task_state_store_a_retryable_ending_is_not_retried():
-    # Airflow 3.0-3.2: no task_state_store in the context, so no ledger.
-    assert task_state_store_of({"ti": object()}) is None
+def test_a_retryable_ending_lets_airflow_retry_and_a_hopeless_one_does_not():
     op = WhatsAppBulkSendOperator(task_id="t", recipients=[], body="x")
-    report = BulkReport(
+    retryable = BulkReport(
         results={
             "972501234567": Outcome("sent", unique="u", reason=1, key="1"),
             "972501234568": Outcome("failed", reason=6, key="6", retryable=True),
         }
     )
-    with_ledger = op._bulk_ending(report, report.summary(), durable=True)
-    without = op._bulk_ending(report, report.summary(), durable=False)
-    assert type(with_ledger) is AirflowException  # Airflow's retries apply
-    assert isinstance(without, AirflowFailException)  # a retry could send twice: none
-    assert "task_state_store" in str(without)
+    hopeless = BulkReport(results={"972501234568": Outcome("failed", reason=4, key="4")})
+    ending = op._bulk_ending(retryable, retryable.summary())
+    assert type(ending) is AirflowException  # Airflow's retries apply: the ledger has the first one
+    assert "the next try sends only to recipients not yet confirmed" in str(ending)
+    assert isinstance(op._bulk_ending(hopeless, hopeless.summary()), AirflowFailException)

@@ -36,13 +36,6 @@ RETRY_FAST = {"retry_delay": timedelta(milliseconds=1)}
 SUCCESS, FAILED = "success", "failed"
 # Distinctive, so a search for it in XCom or a log cannot match anything else.
 TOKEN = "tok-HARDENING-7f3a9c1e5b"
-try:
-    from airflow.sdk import NEVER_EXPIRE  # noqa: F401  (arrived with task_state_store, Airflow 3.3)
-
-    HAS_STATE_STORE = True
-except ImportError:
-    HAS_STATE_STORE = False
-needs_state_store = pytest.mark.skipif(not HAS_STATE_STORE, reason="task_state_store arrived in Airflow 3.3")
 
 
 @pytest.fixture

@@ -8,7 +8,9 @@ with a hook and an in-memory ledger. One job per module:
 * :mod:`.rate`: :class:`SlidingWindowRateLimiter`, at most N sends *start* in any one-second window.
 * :mod:`.ledger`: :class:`ProgressLedger`, the durable record of which recipients this task
   instance already reached, so a retry or a cleared re-run never sends to them again, and the
-  stores it is kept in.
+  in-memory store (benchmarks, engine tests).
+* :mod:`.variable_store`: :class:`VariableLedgerStore`, the ledger's store in a task: Airflow
+  Variables (which no clear, ``clear_on_success`` or mark-success erases), with a retention.
 * :mod:`.report`: :class:`Outcome` of one recipient, :class:`BulkReport` of a try, the progress
   line, log-safe descriptions (phone numbers masked).
 * :mod:`.engine`: :class:`BulkSender`, which sends with at most ``max_concurrency`` requests in
@@ -29,15 +31,20 @@ from airflow_provider_wa019.bulk.ledger import (
     LedgerStore,
     MemoryLedgerStore,
     ProgressLedger,
-    clear_on_success_configured,
-    task_state_store_of,
 )
 from airflow_provider_wa019.bulk.rate import SlidingWindowRateLimiter
 from airflow_provider_wa019.bulk.recipients import Recipient, parse_recipients
 from airflow_provider_wa019.bulk.report import NOT_SENT, BulkReport, Outcome, format_progress, scrub
+from airflow_provider_wa019.bulk.variable_store import (
+    DEFAULT_LEDGER_RETENTION,
+    LedgerStoreError,
+    VariableLedgerStore,
+    ledger_id,
+)
 
 __all__ = [
     "CLAIM_BATCH",
+    "DEFAULT_LEDGER_RETENTION",
     "DEFAULT_MAX_CONCURRENCY",
     "LEDGER_BATCH",
     "LEDGER_FLUSH_SECONDS",
@@ -47,14 +54,15 @@ __all__ = [
     "BulkReport",
     "BulkSender",
     "LedgerStore",
+    "LedgerStoreError",
     "MemoryLedgerStore",
     "Outcome",
     "ProgressLedger",
     "Recipient",
     "SlidingWindowRateLimiter",
-    "clear_on_success_configured",
+    "VariableLedgerStore",
     "format_progress",
+    "ledger_id",
     "parse_recipients",
     "scrub",
-    "task_state_store_of",
 ]

@@ -1,6 +1,6 @@
 """The progress ledger: which recipients a task instance already reached, so a retry or a
-cleared re-run never sends to them again (see :class:`ProgressLedger`), and the stores it is kept
-in."""
+cleared re-run never sends to them again (see :class:`ProgressLedger`), and the in-memory store.
+In a task the ledger is kept in Airflow Variables: see :mod:`.variable_store`."""
 
 from __future__ import annotations
 
@@ -19,11 +19,10 @@ __all__ = [
     "LedgerStore",
     "MemoryLedgerStore",
     "ProgressLedger",
-    "clear_on_success_configured",
-    "task_state_store_of",
 ]
 
-#: The ledger lives under these ``task_state_store`` keys: ``wa019_bulk/0``, ``wa019_bulk/1``...
+#: The ledger's chunks are the store's keys ``wa019_bulk/0``, ``wa019_bulk/1``... (in Airflow,
+#: :mod:`.variable_store` keeps them as Variables).
 LEDGER_KEY_PREFIX = "wa019_bulk/"
 #: A ledger batch is written when this many outcomes are pending, or ...
 LEDGER_BATCH = 500
@@ -38,8 +37,9 @@ _SENT, _UNKNOWN, _CLAIMED, _RELEASED = "sent", "unknown", "claimed", "released"
 
 
 class LedgerStore(Protocol):
-    """Where the ledger is kept: ``get``/``set`` of JSON values, as Airflow's
-    ``context["task_state_store"]`` offers them (see :func:`task_state_store_of`)."""
+    """Where the ledger is kept: ``get``/``set`` of JSON values. ``get`` returns ``default`` only
+    for a key that was never written, and raises when it cannot tell (a ledger that looks shorter
+    than it is would send twice). In a task: :class:`~.variable_store.VariableLedgerStore`."""
 
     def get(self, key: str, default: Any = None) -> Any: ...
 
@@ -63,51 +63,6 @@ class MemoryLedgerStore:
             time.sleep(self.write_delay)
         self.data[key] = json.dumps(value)  # stored as JSON text, like Airflow does
         self.writes += 1
-
-
-class _TaskStateStore:
-    """``context["task_state_store"]`` with every key written to never expire.
-
-    The rows still go when their dag run is deleted (``airflow db clean``); a retention would let
-    a cleared re-run weeks later forget whom the task already messaged.
-    """
-
-    def __init__(self, accessor: Any) -> None:
-        from airflow.sdk import NEVER_EXPIRE
-
-        self._accessor = accessor
-        self._never = NEVER_EXPIRE
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._accessor.get(key, default)
-
-    def set(self, key: str, value: Any) -> None:
-        self._accessor.set(key, value, retention=self._never)
-
-
-def task_state_store_of(context: Mapping[str, Any]) -> LedgerStore | None:
-    """The task instance's durable store, or None on Airflow older than 3.3.
-
-    ``context["task_state_store"]`` arrived in Airflow 3.3 (task SDK 1.3): key/value pairs scoped
-    to (dag, run, task, map index), kept in the metadata DB through the Execution API, so every
-    worker of a distributed deployment reads what an earlier try wrote, and kept when the task is
-    cleared (they go with the dag run). Airflow 3.0-3.2 have nothing equivalent that survives a
-    retry (XComs of a task instance are cleared when a new try starts), so there the bulk send has
-    no ledger and the operator never lets Airflow retry it (see ``WhatsAppBulkSendOperator``).
-    """
-    accessor = context.get("task_state_store")
-    return None if accessor is None else _TaskStateStore(accessor)
-
-
-def clear_on_success_configured() -> bool:
-    """True when ``[state_store] clear_on_success`` (Airflow 3.3+) wipes the ledger on success, so a
-    cleared re-run of a successful bulk would not know whom it reached."""
-    try:
-        from airflow.sdk.configuration import conf
-
-        return conf.getboolean("state_store", "clear_on_success", fallback=False)
-    except Exception:  # an older Airflow without the section or the SDK's conf
-        return False
 
 
 class ProgressLedger:
@@ -153,6 +108,11 @@ class ProgressLedger:
         self._dirty_since: float | None = None
         self._next_chunk = 0
         self.writes = 0
+
+    @property
+    def chunks(self) -> int:
+        """How many chunks the store holds so far (read by :meth:`load`, or written since)."""
+        return self._next_chunk
 
     @property
     def durable(self) -> bool:

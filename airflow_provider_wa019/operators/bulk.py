@@ -8,6 +8,7 @@ bulk engine and the hook load when a task runs.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 # The compat layer resolves to airflow.sdk on every Airflow 3 release we support.
@@ -30,6 +31,11 @@ __all__ = ["WhatsAppBulkSendOperator"]
 _BULK_BODY_FILE_EXT = (".txt", ".j2")
 #: At most the hook's pool size (``constants.POOL_MAXSIZE``).
 _BULK_MAX_CONCURRENCY = MAX_BULK_CONCURRENCY
+#: How long a task instance's ledger is kept after its last try started (``ledger_retention``):
+#: ``bulk.variable_store.DEFAULT_LEDGER_RETENTION``, literal here so parsing imports no engine.
+_BULK_LEDGER_RETENTION = timedelta(days=30)
+#: Shorter would let cleanup delete a ledger between two tries (``retry_delay``) of its task.
+_BULK_MIN_LEDGER_RETENTION = timedelta(days=1)
 
 
 def _bulk_is_int(value: Any) -> bool:
@@ -58,7 +64,7 @@ def _bulk_is_reason_collection(value: Any) -> bool:
 
 class WhatsAppBulkSendOperator(BaseOperator):
     """Send one message to many recipients in one task: bounded concurrency and rate, an outcome
-    per recipient, and no duplicates across the task's retries.
+    per recipient, and no duplicates across the task's retries and clears.
 
     ``recipients`` is a list (literal, or an upstream task's XCom) of numbers or of dicts holding a
     ``to`` number and any other values. The message is either
@@ -100,15 +106,20 @@ class WhatsAppBulkSendOperator(BaseOperator):
       24 h window is closed, a template is needed);
     * succeeds otherwise (an empty list included).
 
-    No duplicates across tries: confirmed recipients are written to a progress ledger in
-    ``context["task_state_store"]`` (Airflow 3.3+, kept in Airflow's metadata DB for this task
-    instance: dag, run, task and map index) in batches about once a second, and when a try ends.
-    A retry, or a cleared and re-run task, never sends to a confirmed recipient again; start a
-    new dag run to send again. Recipients whose delivery is unknown are sent again by the next try
-    (at least once) unless ``resend_unknown=False`` (at most once: they are claimed in the ledger
-    before sending, and reported, never re-sent). On Airflow 3.0-3.2 there is no such store: the
-    operator then turns every retryable ending into a failure without retry, so Airflow's
-    ``retries`` cannot send twice. The README explains the remaining window of a hard kill.
+    No duplicates across tries: confirmed recipients are written to a progress ledger that
+    belongs to this task instance (dag, run, task and map index, never the try number), in
+    batches about once a second and when a try ends. It is kept in Airflow Variables
+    (``wa019_bulk.<id>.<n>``, written through the Task SDK on every supported Airflow), not in
+    ``task_state_store``: Airflow deletes task state on success under ``[state_store]
+    clear_on_success`` and, in coming releases, when a task instance is cleared, and a clear is
+    exactly when the ledger is needed. So a retry, a cleared and re-run task, or one marked
+    successful and then cleared, never sends to a confirmed recipient again, for
+    ``ledger_retention`` (30 days) after the task's last try started; later bulk sends delete
+    expired ledgers. To send again on purpose, start a new dag run, or set
+    ``resend_confirmed=True`` (each clear then sends to everyone again; retries still do not).
+    Recipients whose delivery is unknown are sent again by the next try (at least once) unless
+    ``resend_unknown=False`` (at most once: they are claimed in the ledger before sending, and
+    reported, never re-sent). The README explains the remaining window of a hard kill.
 
     :param recipients: numbers, or dicts with ``to`` and values (templated: an XComArg or Jinja).
         A Jinja string such as ``"{{ params.lst }}"`` or an ``xcom_pull`` renders to text: that
@@ -131,6 +142,13 @@ class WhatsAppBulkSendOperator(BaseOperator):
     :param skip_on_reasons: API reasons (ints) that count a recipient as skipped, not failed.
     :param resend_unknown: send again, in a later try, to recipients whose delivery is unknown.
     :param progress_interval: seconds between progress lines in the task log.
+    :param resend_confirmed: False (default): a cleared and re-run task never sends to a recipient
+        that any earlier try of this task instance reached. True: each clear of the task starts a
+        new ledger, so its re-run sends to every recipient again (a deliberate re-send); Airflow's
+        retries within one clear still send only to the others.
+    :param ledger_retention: how long the ledger is kept after the task's last try started (a
+        ``timedelta`` of at least one day; default 30 days). Clearing the task later than that
+        sends to everyone again.
     """
 
     template_fields: Sequence[str] = ("recipients", "template", "sender", "wa019_conn_id")
@@ -153,6 +171,8 @@ class WhatsAppBulkSendOperator(BaseOperator):
         skip_on_reasons: Collection[int] = DEFAULT_SKIP_REASONS,
         resend_unknown: bool = True,
         progress_interval: float = 5.0,
+        resend_confirmed: bool = False,
+        ledger_retention: timedelta = _BULK_LEDGER_RETENTION,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -181,6 +201,12 @@ class WhatsAppBulkSendOperator(BaseOperator):
                 f"skip_on_reasons must be a collection of API reason codes (ints), e.g. (7, 8), "
                 f"got {skip_on_reasons!r}"
             )
+        if not isinstance(resend_confirmed, bool):
+            raise ValueError(f"resend_confirmed must be True or False, got {resend_confirmed!r}")
+        if not (isinstance(ledger_retention, timedelta) and ledger_retention >= _BULK_MIN_LEDGER_RETENTION):
+            raise ValueError(
+                f"ledger_retention must be a timedelta of at least one day, got {ledger_retention!r}"
+            )
         self.recipients = recipients
         self.body = body
         self.template = template
@@ -195,6 +221,8 @@ class WhatsAppBulkSendOperator(BaseOperator):
         self.skip_on_reasons = frozenset(int(r) for r in skip_on_reasons)
         self.resend_unknown = bool(resend_unknown)
         self.progress_interval = float(progress_interval)
+        self.resend_confirmed = resend_confirmed
+        self.ledger_retention = ledger_retention
         self._engine: Any = None
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -202,10 +230,10 @@ class WhatsAppBulkSendOperator(BaseOperator):
 
         from airflow_provider_wa019.bulk import (
             BulkSender,
+            LedgerStoreError,
             ProgressLedger,
-            clear_on_success_configured,
+            VariableLedgerStore,
             parse_recipients,
-            task_state_store_of,
         )
         from airflow_provider_wa019.exceptions import WhatsAppError
         from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
@@ -223,25 +251,33 @@ class WhatsAppBulkSendOperator(BaseOperator):
             except ValueError as err:
                 raise AirflowFailException(str(err)) from err
 
-            store = task_state_store_of(context)
-            if store is None:
-                self.log.warning(
-                    "No task_state_store (Airflow < 3.3): this try cannot know whom an earlier try "
-                    "reached, so the task will not be retried by Airflow (a retry could send twice)."
-                )
-            elif clear_on_success_configured():
-                self.log.warning(
-                    "[state_store] clear_on_success is on: once this task succeeds its ledger is "
-                    "deleted, and clearing the task would send to every recipient again."
-                )
             try:
                 prepare, send = self._message_functions(context, hook)
             except Exception as err:  # a template syntax error, a missing template file
                 raise AirflowFailException(f"the message template cannot be used: {err}") from err
+
+            try:
+                store = VariableLedgerStore.for_task(
+                    context,
+                    resend_confirmed=self.resend_confirmed,
+                    retention=self.ledger_retention,
+                    log=self.log,
+                )
+                store.open()
+            except LedgerStoreError as err:
+                # Without a ledger this try could not record whom it reaches: send nothing.
+                raise AirflowException(f"the bulk send's progress ledger cannot be written: {err}") from err
+            self.log.info(
+                "Progress ledger: Airflow Variables %s.* (%s), kept until %s",
+                store.head_key,
+                store.describe(),
+                _bulk_utc(store.expires),
+            )
+            ledger = ProgressLedger(store)
             engine = BulkSender(
                 send,
                 prepare=prepare,
-                ledger=ProgressLedger(store),
+                ledger=ledger,
                 max_concurrency=self.max_concurrency,
                 rate_per_second=self.rate_per_second,
                 skip_on_reasons=self.skip_on_reasons,
@@ -262,15 +298,9 @@ class WhatsAppBulkSendOperator(BaseOperator):
             )
             try:
                 report = engine.run(recipients, duplicates=duplicates)
-            except Exception as err:
-                if store is None:
-                    raise AirflowFailException(
-                        f"bulk send interrupted ({type(err).__name__}: {err}); not retried: without "
-                        "task_state_store a retry could send to recipients already reached"
-                    ) from err
-                raise
             finally:
                 self._engine = None
+            store.close(ledger.chunks)  # chunk count noted, expired ledgers deleted; never raises
 
         summary = report.summary()
         self.log.info(
@@ -280,7 +310,7 @@ class WhatsAppBulkSendOperator(BaseOperator):
             report.elapsed,
             report.ledger_writes,
         )
-        ending = self._bulk_ending(report, summary, durable=store is not None)
+        ending = self._bulk_ending(report, summary)
         if self.do_xcom_push:
             ti = context["ti"]
             ti.xcom_push(key="results", value=report.results_xcom())
@@ -345,17 +375,11 @@ class WhatsAppBulkSendOperator(BaseOperator):
 
         return prepare_template, send_template
 
-    def _bulk_ending(self, report: Any, summary: dict[str, Any], *, durable: bool) -> Exception | None:
+    def _bulk_ending(self, report: Any, summary: dict[str, Any]) -> Exception | None:
         """The exception that ends the task, or None for success (see the class docstring)."""
         text = _bulk_summary_text(summary)
 
         def retry(why: str) -> Exception:
-            if not durable:
-                # No ledger: a retry would not know whom this try reached, and could send twice.
-                return AirflowFailException(
-                    f"{why} ({text}); not retried: without task_state_store (Airflow < 3.3) a retry "
-                    "could send to recipients already reached"
-                )
             # Safe to retry: the ledger holds every confirmed recipient of this try.
             return AirflowException(
                 f"{why} ({text}); the next try sends only to recipients not yet confirmed"
@@ -388,6 +412,12 @@ class WhatsAppBulkSendOperator(BaseOperator):
             self.log.warning("%s", message)
             return AirflowSkipException(message)
         return None
+
+
+def _bulk_utc(epoch: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _bulk_summary_text(summary: dict[str, Any]) -> str:
