@@ -14,7 +14,7 @@ against a real API across a network:
                   ``WhatsAppHook`` (validation, reason rules, one connection pool), at most N
                   requests in flight, with the progress ledger written in batches to a store
                   whose every write costs ``--ledger-write-ms`` (default 10 ms: one
-                  ``task_state_store.set`` of a 500-entry chunk took 11 ms under ``dag.test()``
+                  ledger write of a 500-entry chunk took 10-13 ms under ``dag.test()``
                   on the 2-core VM, through the Execution API into SQLite), for N = 1, 4 and 8.
 
 The recipients are split into ``--rounds`` rounds (default 4) and the cases run interleaved,

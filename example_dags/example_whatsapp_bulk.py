@@ -2,8 +2,8 @@
 
 One task sends to every recipient (at most 8 requests in flight, at most 20 started per second),
 renders the body per customer, and returns a summary. If the task is retried, or cleared and run
-again, customers already confirmed are not messaged twice (Airflow 3.3+: the task keeps a progress
-ledger in its task_state_store). Dynamic task mapping (example_whatsapp_mapped.py) suits tens of
+again, customers already confirmed are not messaged twice (the task keeps a progress ledger in
+Airflow Variables, which no clear or mark-success erases). Dynamic task mapping (example_whatsapp_mapped.py) suits tens of
 recipients; this suits thousands.
 """
 
