@@ -41,6 +41,10 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "notifications": ["airflow_provider_wa019.notifications.whatsapp.WhatsAppNotifier"],
+        # No "plugins" list: the webhook plugin is registered through the airflow.plugins entry
+        # point, which Airflow loads whatever [core] lazy_discover_providers says. Airflow reads
+        # this list only with lazy discovery off, and then 3.3 reports the same plugin found
+        # twice as a plugin import error ("already registered, skipping").
         "connection-types": [
             {
                 "connection-type": "wa019",
@@ -91,6 +95,26 @@ def get_provider_info() -> dict[str, Any]:
                     "templates_path": {
                         "label": "Template listing path",
                         "description": "Override of /whatsapp-api/get-phone-templates/{phone}.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    # The webhook (POST <api-server>/wa019/webhook/<conn_id>): off without a secret.
+                    "webhook_secret": {
+                        "label": "Webhook secret",
+                        "description": "Turns on receiving messages at /wa019/webhook/<connection id> "
+                        "of the api-server. Give the platform that URL with ?secret=<this value>. "
+                        "A long random value; a change takes effect within 5 s.",
+                        "schema": {"type": ["string", "null"], "format": "password"},
+                    },
+                    "webhook_allowed_ips": {
+                        "label": "Webhook allowed addresses",
+                        "description": "Addresses or networks (CIDR) that may deliver, separated by "
+                        "commas, e.g. the platform's published sender addresses. Empty: any address.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "webhook_trusted_proxies": {
+                        "label": "Webhook trusted proxies",
+                        "description": "Your reverse proxies (addresses or CIDR, comma-separated): "
+                        "X-Forwarded-For is read only from these. Empty: the socket peer is the client.",
                         "schema": {"type": ["string", "null"]},
                     },
                 },
