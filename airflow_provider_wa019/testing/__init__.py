@@ -15,6 +15,8 @@ In pytest, the fixtures ``wa019_simulator`` and ``wa019_connection`` do the same
 registered automatically when the provider is installed). From a shell::
 
     python -m airflow_provider_wa019.testing --port 8019 --open-window 972501234567
+
+How it is built, one job per module: see the docstring of ``simulator.py``.
 """
 
 from __future__ import annotations

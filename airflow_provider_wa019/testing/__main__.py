@@ -19,15 +19,12 @@ import argparse
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Any
 
-from airflow_provider_wa019.testing.simulator import (
-    DEFAULT_SENDER,
-    DEFAULT_TOKEN,
-    WhatsAppSimulator,
-    _normalise_number,
-)
+from airflow_provider_wa019.testing.checks import normalise_number
+from airflow_provider_wa019.testing.simulator import DEFAULT_SENDER, DEFAULT_TOKEN, WhatsAppSimulator
 
 
 def _template(spec: str) -> dict[str, str]:
@@ -40,7 +37,7 @@ def _template(spec: str) -> dict[str, str]:
 def _number(value: str) -> str:
     # Checked while parsing, so a typo is a usage error, not a traceback after the port is bound.
     try:
-        return _normalise_number(value)
+        return normalise_number(value)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
@@ -53,37 +50,29 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8019, help="port; 0 picks a free one (default 8019)")
     parser.add_argument("--token", default=DEFAULT_TOKEN, help="bearer token to accept")
-    parser.add_argument(
-        "--sender",
-        nargs="+",
-        action="extend",
-        type=_number,
-        metavar="NUMBER",
-        help=f"sender accounts (default {DEFAULT_SENDER})",
-    )
+    _list_option(parser, "--sender", _number, "NUMBER", f"sender accounts (default {DEFAULT_SENDER})")
     parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="delay per request")
     parser.add_argument(
         "--max-concurrency", type=int, default=None, metavar="N", help="requests handled at once"
     )
-    parser.add_argument(
+    _list_option(
+        parser,
         "--open-window",
-        nargs="+",
-        action="extend",
-        default=[],
-        type=_number,
-        metavar="NUMBER",
-        help="clients that just wrote to us (free-form messages to them are allowed for 24 h)",
+        _number,
+        "NUMBER",
+        "clients that just wrote to us (free-form messages to them are allowed for 24 h)",
     )
-    parser.add_argument(
-        "--template",
-        nargs="+",
-        action="extend",
-        default=[],
-        type=_template,
-        metavar="NAME=BODY",
-        help="approved templates; {{1}}, {{2}} ... mark variables",
+    _list_option(
+        parser, "--template", _template, "NAME=BODY", "approved templates; {{1}}, {{2}} ... mark variables"
     )
     return parser
+
+
+def _list_option(
+    parser: argparse.ArgumentParser, flag: str, kind: Callable[[str], Any], metavar: str, help: str
+) -> None:
+    """An option taking one or more values, that may also be given again (the lists add up)."""
+    parser.add_argument(flag, nargs="+", action="extend", default=[], type=kind, metavar=metavar, help=help)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
