@@ -9,7 +9,9 @@ SQLite DB before Airflow was imported.
   returns its combined output: the reliable way to assert on task log lines, which ``dag.test()``
   sends through structlog to a stream that pytest's ``capfd``/``caplog`` may not see.
 - ``set_connection_env(monkeypatch, conn_id, ...)`` stores a connection in ``AIRFLOW_CONN_<ID>``
-  (JSON form) for one test; the ``wa019_env`` fixture in conftest.py wraps it for wa019.
+  (JSON form) for one test; the ``wa019_env`` fixture in conftest.py wraps it for wa019, and the
+  ``make_sim`` fixture starts a simulator and points a connection at it with ``FAST`` settings.
+- ``FAST``: the connection extras every test uses for quick retries and short timeouts.
 
 Seen on Airflow 3.3.2: connections from ``AIRFLOW_CONN_*`` are read from ``os.environ`` at each
 ``BaseHook.get_connection`` call (no cache while ``[secrets] use_cache`` is off, as conftest forces),
@@ -23,16 +25,27 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import pytest
 
+    from airflow_provider_wa019.testing import WhatsAppSimulator
+
 WA019_CONN_ID = "wa019_default"
+
+# Connection extras for quick hook retries in tests: backoff 10 ms, every wait capped at 0.1 s
+# (Retry-After too), connect timeout 0.3 s (three tries of an unresponsive address: ~1 s), read
+# timeout 0.5 s (a delayed answer of 1 s is a read timeout). Override a key where a test needs
+# another value, e.g. ``make_sim(timeout=[0.3, 3])`` for answers delayed by 2 s.
+FAST: Mapping[str, Any] = MappingProxyType(
+    {"backoff_factor": 0.01, "max_retry_wait": 0.1, "timeout": [0.3, 0.5]}
+)
 
 # The key of ``DagRunResult.tis``: the task id for an unmapped task, (task id, map index) for a
 # mapped one.
@@ -236,6 +249,29 @@ class CliResult:
     def __str__(self) -> str:
         return f"$ {' '.join(self.args)}\n(exit code {self.returncode})\n{self.output}"
 
+    def task_log(self, task_id: str) -> str:
+        """The part of ``output`` one task wrote (all its map indexes and tries), in order.
+
+        ``airflow dags test`` runs tasks one after another and brackets each with
+        ``[DAG TEST] starting task_id=...`` and ``[DAG TEST] end task task_id=...`` lines (Airflow
+        3.1 to 3.3), so a test can tell which task wrote a line.
+        """
+        parts: list[str] = []
+        current: list[str] | None = None
+        for line in self.output.splitlines(keepends=True):
+            if f"[DAG TEST] starting task_id={task_id} " in line:
+                current = []
+            if current is not None:
+                current.append(line)
+                if f"[DAG TEST] end task task_id={task_id} " in line:
+                    parts.append("".join(current))
+                    current = None
+        if current is not None:
+            parts.append("".join(current))
+        if not parts:
+            raise KeyError(f"task {task_id!r} did not run in:\n{self}")
+        return "".join(parts)
+
 
 def airflow_dags_test(
     dag_id: str,
@@ -283,14 +319,25 @@ class ConnectionSetter(Protocol):
 
     def __call__(
         self,
+        sim: WhatsAppSimulator | None = None,
+        /,
         *,
-        host: str,
+        host: str | None = ...,
         password: str | None = ...,
         sender: str | None = ...,
+        port: int | None = ...,
         conn_id: str = ...,
         conn_type: str = ...,
         **extra: object,
     ) -> dict[str, object]: ...
+
+
+class SimulatorFactory(Protocol):
+    """Type of the ``make_sim`` fixture's value."""
+
+    def __call__(
+        self, *, connection: bool | str = ..., open_windows: Iterable[str] = ..., **kwargs: Any
+    ) -> WhatsAppSimulator: ...
 
 
 def set_connection_env(
@@ -303,11 +350,12 @@ def set_connection_env(
     password: str | None = None,
     port: int | None = None,
     schema: str | None = None,
-    extra: Mapping[str, object] | None = None,
+    extra: Mapping[str, object] | str | None = None,
 ) -> dict[str, object]:
     """Store a connection in ``AIRFLOW_CONN_<CONN_ID>`` (JSON form) until the test ends.
 
-    Fields left as None are omitted. Returns the dict that was stored.
+    Fields left as None are omitted; ``extra`` may be a string, stored as it is (e.g. JSON that
+    does not parse). Returns the dict that was stored.
     """
     data: dict[str, object] = {"conn_type": conn_type}
     for name, value in (
@@ -319,7 +367,9 @@ def set_connection_env(
     ):
         if value is not None:
             data[name] = value
-    if extra:
+    if isinstance(extra, str):
+        data["extra"] = extra
+    elif extra:
         data["extra"] = dict(extra)
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(data))
     return data

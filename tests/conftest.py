@@ -19,6 +19,11 @@ file: such a plugin must not import Airflow at module level, or the settings bel
 - ``[secrets] use_cache`` is forced off so a connection changed by a test is read afresh.
 - AIRFLOW_CONN_* / AIRFLOW_VAR_* / AIRFLOW_CONFIG inherited from the developer's shell are removed
   so they cannot leak into tests; tests set connections with ``monkeypatch`` (see ``wa019_env``).
+
+Fixtures (below): ``airflow_db``; ``wa019_env``, the one way tests set a wa019 connection (to a
+simulator or any address, for in-process runs and ``airflow dags test`` subprocesses alike);
+``make_sim``, which starts simulators with a fast connection to them. The provider's own plugin
+adds ``wa019_simulator``/``wa019_connection`` (what users get; tests/test_simulator.py checks it).
 """
 
 from __future__ import annotations
@@ -56,8 +61,25 @@ os.environ.update(
 )
 
 # Everything below may import Airflow.
+import inspect  # noqa: E402
+from collections.abc import Iterable, Iterator  # noqa: E402
+from contextlib import ExitStack  # noqa: E402
+from typing import Any  # noqa: E402
+
 import pytest  # noqa: E402
-from airflow_support import WA019_CONN_ID, ConnectionSetter, ensure_airflow_db, set_connection_env  # noqa: E402
+from airflow_support import (  # noqa: E402
+    FAST,
+    WA019_CONN_ID,
+    ConnectionSetter,
+    SimulatorFactory,
+    ensure_airflow_db,
+    set_connection_env,
+)
+
+from airflow_provider_wa019.testing import WhatsAppSimulator  # noqa: E402
+
+_SIMULATOR_ARGS = frozenset(inspect.signature(WhatsAppSimulator).parameters)
+_UNSET: Any = object()
 
 
 @pytest.fixture(scope="session")
@@ -77,24 +99,69 @@ def wa019_env(monkeypatch: pytest.MonkeyPatch) -> ConnectionSetter:
             wa019_env(host="http://127.0.0.1:8080", password="tok", sender="972771234567")
             result = run_dag(my_dag)   # tasks see conn id "wa019_default"
 
-    Returns the dict that was stored (JSON form). monkeypatch removes the variable after the test;
-    Airflow does not cache connections here (``[secrets] use_cache`` is off), so the next test
-    never sees a stale one.
+        wa019_env(sim, conn_id="wa019_old", password="revoked", **FAST)  # to a simulator
+
+    Given a simulator, host, password and sender default to its own; otherwise to no host, the
+    password ``"tok"`` and the sender ``"972771234567"``. None leaves a field out; other keyword
+    arguments are extras. Returns the dict that was stored (JSON form). monkeypatch removes the
+    variable after the test; Airflow does not cache connections here (``[secrets] use_cache`` is
+    off), so the next test never sees a stale one. ``airflow dags test`` subprocesses inherit it.
     """
 
     def _set(
+        sim: WhatsAppSimulator | None = None,
+        /,
         *,
-        host: str,
-        password: str | None = "tok",
-        sender: str | None = "972771234567",
+        host: str | None = _UNSET,
+        password: str | None = _UNSET,
+        sender: str | None = _UNSET,
+        port: int | None = None,
         conn_id: str = WA019_CONN_ID,
         conn_type: str = "wa019",
         **extra: object,
     ) -> dict[str, object]:
+        if host is _UNSET:
+            host = sim.base_url if sim is not None else None
+        if password is _UNSET:
+            password = sim.token if sim is not None else "tok"
+        if sender is _UNSET:
+            sender = sim.sender if sim is not None else "972771234567"
         if sender is not None:
             extra = {"sender": sender, **extra}
         return set_connection_env(
-            monkeypatch, conn_id, conn_type=conn_type, host=host, password=password, extra=extra
+            monkeypatch, conn_id, conn_type=conn_type, host=host, password=password, port=port, extra=extra
         )
 
     return _set
+
+
+@pytest.fixture
+def make_sim(wa019_env: ConnectionSetter) -> Iterator[SimulatorFactory]:
+    """Start simulators (:class:`WhatsAppSimulator`) for this test, each stopped at its end.
+
+    ``make_sim(**kwargs)`` splits its keyword arguments: those :class:`WhatsAppSimulator` takes
+    (``token``, ``senders``, ``templates``, ``latency``, ``now``, ...) start the simulator; the
+    rest go to ``wa019_env`` on top of ``FAST`` (extras such as ``timeout``, or ``password``).
+    ``connection``: True (the default) points ``wa019_default`` at it, a string names another
+    connection id, False sets none. ``open_windows``: numbers that wrote to us just now.
+    Returns the started simulator::
+
+        @pytest.fixture
+        def sim(make_sim):
+            return make_sim(templates=TEMPLATES, open_windows=[CLIENT])
+    """
+    with ExitStack() as stack:
+
+        def make(
+            *, connection: bool | str = True, open_windows: Iterable[str] = (), **kwargs: Any
+        ) -> WhatsAppSimulator:
+            sim_kwargs = {name: kwargs.pop(name) for name in list(kwargs) if name in _SIMULATOR_ARGS}
+            sim = stack.enter_context(WhatsAppSimulator(**sim_kwargs))
+            for number in open_windows:
+                sim.open_window(number)
+            if connection:
+                conn_id = WA019_CONN_ID if connection is True else connection
+                wa019_env(sim, conn_id=conn_id, **{**FAST, **kwargs})
+            return sim
+
+        yield make
