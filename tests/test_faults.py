@@ -1,25 +1,29 @@
-"""The fault matrix: every injected fault, through the real hook and through a real task run.
+"""The fault matrix: every answer and fault, through the real hook and through a real task run.
 
-One table is the contract (README, "What each answer does to the task"). For each fault it says
+One table is the contract (README, "What each answer does to the task"). For each row it says
 what the hook raises (always one of the provider's typed errors, never a ``requests``/``urllib3``
 /``json`` exception) and how many requests reached the server, then what a task with
-``retries=1`` ends as (state, try number) and how many requests both tries made in all.
+``retries=1`` ends as (state, try number) and how many requests both tries made in all. Some
+rows say more about the hook's error or the exchange (its text, HTTP status, each answer, what
+was delivered, how long it took): the optional columns of :class:`Fault`.
 
-Faults come from the simulator (``fail_next``), from the loopback addresses in
-``airflow_provider_wa019.testing`` (refused, connect timeout), and from a raw-socket server below
-that breaks the HTTP exchange itself (which the simulator, a well-behaved HTTP server, cannot).
-Connection settings make retries fast: backoff 10 ms, waits capped at 0.1 s (Retry-After too).
+Faults come from the simulator (``fail_next``, or a connection or window that makes it refuse),
+from the loopback addresses in ``airflow_provider_wa019.testing`` (refused, connect timeout),
+and from the raw-socket servers in tests/fault_support.py that break the HTTP exchange itself.
+Connections use ``FAST`` (tests/airflow_support.py): backoff 10 ms, waits capped at 0.1 s
+(Retry-After too), connect timeout 0.3 s, read timeout 0.5 s.
+
+The focused tests that remain elsewhere cover what is not one fault: the 24-hour boundary, a
+sender argument, the listing's retries, the quoted excerpt (tests/test_hook.py); task outcomes
+of invalid input and a missing token (tests/test_operator.py).
 """
 
 from __future__ import annotations
 
-import functools
-import socket
-import threading
+import re
 import time
-import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -27,7 +31,8 @@ from typing import Any
 import pendulum
 import pytest
 from airflow.sdk import DAG
-from airflow_support import run_dag
+from airflow_support import FAST, run_dag
+from fault_support import OK_ANSWER, BrokenServer, GatewayServer
 
 from airflow_provider_wa019.exceptions import (
     WhatsAppAPIError,
@@ -47,28 +52,32 @@ from airflow_provider_wa019.testing import (
 )
 
 CLIENT = "972501234567"
-# Connect timeout 0.3 s (three tries of an unresponsive address: ~1 s); read timeout 0.5 s.
-FAST = {"backoff_factor": 0.01, "max_retry_wait": 0.1, "timeout": [0.3, 0.5]}
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 MANY = 99  # "every request from now on" for a queued simulator fault
-# The connection's proxies, for the rows that need one (set by fault_server, cleared after).
-PROXY: dict[str, str] = {}
 
 SUCCESS, SKIPPED, FAILED = "success", "skipped", "failed"
-OK_ANSWER = '{"status":"OK","reason":1,"unique":"m-1","to":"972501234567"}'
 
 
 @dataclass(frozen=True)
 class Fault:
     """One row of the matrix.
 
-    ``sim``: ``fail_next`` arguments (``n`` = how many requests), or ``server``: one of
-    ``"refused"``, ``"unresponsive"``, ``"dead_proxy"`` (the simulator behind a proxy that refuses),
-    ``"gateway_502"``/``"gateway_504"`` (a gateway forwarding to the simulator, then answering that
-    status), or a raw-socket behaviour (``"cut_body"``, ``"hang_up"``, ``"gzip_bomb"``).
-    ``hook``: the error the hook raises, None for a successful send. ``hook_requests``: requests
-    the server saw from one ``send_message``. ``task``: (final state, try number) with
-    ``retries=1``. ``task_requests``: requests the server saw from both tries.
+    How the row is made: ``sim``: ``fail_next`` arguments (``n`` = how many requests), or
+    ``server``: one of ``"refused"``, ``"unresponsive"``, ``"dead_proxy"`` (the simulator behind a
+    proxy that refuses), ``"gateway_502"``/``"gateway_504"`` (a gateway forwarding to the
+    simulator, then answering that status), or a raw-socket behaviour (``"cut_body"``,
+    ``"hang_up"``, ``"gzip_bomb"``). ``conn``: connection settings on top of ``FAST`` (a wrong
+    ``password``, another ``sender``, a ``timeout``). ``wrote``: hours since the client last
+    wrote (None: never, a first contact). ``op``: arguments of the task's operator.
+
+    What must happen: ``hook``: the error the hook raises, None for a successful send.
+    ``hook_requests``: requests the server saw from one ``send_message``. ``task``: (final state,
+    try number) with ``retries=1``. ``task_requests``: requests the server saw from both tries.
+
+    And, where given, of the hook's send: ``reason``/``http_status`` of its error, ``text`` (a
+    regular expression its message matches), ``answers`` (what the server answered each request:
+    (HTTP status, reason or None)), ``delivered`` (messages the simulator accepted), ``seconds``
+    (the bounds of how long it took).
     """
 
     hook: type[WhatsAppError] | None
@@ -77,47 +86,97 @@ class Fault:
     task_requests: int
     sim: dict[str, Any] = field(default_factory=dict)
     server: str = "simulator"
-    reason: int | None = None  # the WhatsAppAPIError's reason, where there is one
+    conn: dict[str, Any] = field(default_factory=dict)
+    wrote: float | None = 0
+    op: dict[str, Any] = field(default_factory=dict)
+    reason: int | None = None
+    http_status: int | None = None
+    text: str | None = None
+    answers: tuple[tuple[int, int | None], ...] | None = None
+    delivered: int | None = None
+    seconds: tuple[float, float] = (0, 10)  # no row waits out a Retry-After or a read timeout of 30 s
 
 
 # fmt: off
 MATRIX: dict[str, Fault] = {
+    # The API's refusals: one request, not retried by the hook nor by Airflow. 7 and 8 (the
+    # 24-hour window) skip the task, unless skip_on_reasons leaves them out.
+    "reason 2 unknown sender":
+        Fault(WhatsAppAPIError, 1, (FAILED, 1), 1, conn={"sender": "972779999999"}, reason=2,
+              text="'from' account does not exist"),
+    "reason 3 wrong token":
+        Fault(WhatsAppAPIError, 1, (FAILED, 1), 1, conn={"password": "wrong-token"}, reason=3),
+    "reason 4 bad number":
+        Fault(WhatsAppAPIError, 1, (FAILED, 1), 1, sim={"reason": 4}, reason=4),
+    "reason 5 empty body":
+        Fault(WhatsAppAPIError, 1, (FAILED, 1), 1, sim={"reason": 5}, reason=5),
+    "reason 7 window closed":
+        Fault(WhatsAppAPIError, 1, (SKIPPED, 1), 1, wrote=25, reason=7, text="template"),
+    "reason 8 first contact":
+        Fault(WhatsAppAPIError, 1, (SKIPPED, 1), 1, wrote=None, reason=8, delivered=0),
+    "reason 8 not in skip_on_reasons":
+        Fault(WhatsAppAPIError, 1, (FAILED, 1), 1, wrote=None, op={"skip_on_reasons": ()}, reason=8),
+    "unknown reason 42":
+        Fault(WhatsAppAPIError, 1, (FAILED, 1), 1, sim={"reason": 42}, reason=42,
+              text="undocumented reason code 42"),
+    # A refused token over HTTP is reason 3 too, never retried (the body is no API answer).
+    "HTTP 401":
+        Fault(WhatsAppAPIError, 1, (FAILED, 1), 1, sim={"status": 401, "body": '{"message": "Unauthorized"}', "n": MANY},
+              reason=3, http_status=401),
+    "HTTP 403":
+        Fault(WhatsAppAPIError, 1, (FAILED, 1), 1, sim={"status": 403, "body": '{"message": "Unauthorized"}', "n": MANY},
+              reason=3, http_status=403),
     # WhatsApp's own "error, try again": retried by the hook (3 tries), then by Airflow.
+    "reason 6 once, hook recovers":
+        Fault(None, 2, (SUCCESS, 1), 2, sim={"reason": 6}),
     "reason 6 burst of 2, hook recovers":
-        Fault(None, 3, (SUCCESS, 1), 3, sim={"reason": 6, "n": 2}),
+        Fault(None, 3, (SUCCESS, 1), 3, sim={"reason": 6, "n": 2},
+              answers=((200, 6), (200, 6), (200, 1)), delivered=1),
     "reason 6 burst of 5, the task's retry recovers":
         Fault(WhatsAppAPIError, 3, (SUCCESS, 2), 6, sim={"reason": 6, "n": 5}, reason=6),
     "reason 6 throughout":
         Fault(WhatsAppAPIError, 3, (FAILED, 2), 6, sim={"reason": 6, "n": MANY}, reason=6),
     # Not processed: retried by the hook (urllib3), then by Airflow.
     "429 with Retry-After once (capped)":
-        Fault(None, 2, (SUCCESS, 1), 2, sim={"status": 429, "retry_after": 3600}),
+        Fault(None, 2, (SUCCESS, 1), 2, sim={"status": 429, "retry_after": 3600}, answers=((429, None), (200, 1))),
     "429 with Retry-After throughout":
         Fault(WhatsAppTransientError, 3, (FAILED, 2), 6, sim={"status": 429, "retry_after": 1, "n": MANY}),
+    "429 with Retry-After 0 throughout":
+        Fault(WhatsAppTransientError, 3, (FAILED, 2), 6, sim={"status": 429, "retry_after": 0, "n": MANY},
+              text="HTTP 429", delivered=0),
     "429 without Retry-After once":
         Fault(None, 2, (SUCCESS, 1), 2, sim={"status": 429}),
     "429 without Retry-After throughout":
-        Fault(WhatsAppTransientError, 3, (FAILED, 2), 6, sim={"status": 429, "n": MANY}),
+        Fault(WhatsAppTransientError, 3, (FAILED, 2), 6, sim={"status": 429, "n": MANY}, delivered=0),
+    "503 once, hook recovers":
+        Fault(None, 2, (SUCCESS, 1), 2, sim={"status": 503}, answers=((503, None), (200, 1)), delivered=1),
     "503 twice, hook recovers":
         Fault(None, 3, (SUCCESS, 1), 3, sim={"status": 503, "n": 2}),
     "connection refused":
-        Fault(WhatsAppTransientError, 0, (FAILED, 2), 0, server="refused"),
+        Fault(WhatsAppTransientError, 0, (FAILED, 2), 0, server="refused", text="Connection refused"),
+    # Three connect attempts of 0.2 s each, not one 5 s read timeout.
     "connect timeout":
-        Fault(WhatsAppTransientError, 0, (FAILED, 2), 0, server="unresponsive"),
+        Fault(WhatsAppTransientError, 0, (FAILED, 2), 0, server="unresponsive", conn={"timeout": [0.2, 5]},
+              text=r"could not connect .* within 0\.2 s on 3 tries", seconds=(0.5, 4)),
     # May have been processed: delivery unknown, never retried by the hook; Airflow's retries apply.
     "500":
-        Fault(WhatsAppDeliveryUnknownError, 1, (FAILED, 2), 2, sim={"status": 500, "n": MANY}),
+        Fault(WhatsAppDeliveryUnknownError, 1, (FAILED, 2), 2,
+              sim={"status": 500, "body": "<html>Internal Server Error</html>", "n": MANY},
+              http_status=500, text="delivery unknown"),
     "read timeout":
-        Fault(WhatsAppDeliveryUnknownError, 1, (FAILED, 2), 2, sim={"delay": 1.0, "n": MANY}),
+        Fault(WhatsAppDeliveryUnknownError, 1, (FAILED, 2), 2, sim={"delay": 1.0, "n": MANY},
+              text=r"no answer .* within 0\.5 s"),
     "connection dropped mid-body":
         Fault(WhatsAppDeliveryUnknownError, 1, (FAILED, 2), 2, server="cut_body"),
     "connection closed without an answer":
         Fault(WhatsAppDeliveryUnknownError, 1, (FAILED, 2), 2, server="hang_up"),
     # A gateway's 502/504 may come after the API took the message: never re-sent by the hook.
     "502 throughout":
-        Fault(WhatsAppDeliveryUnknownError, 1, (FAILED, 2), 2, sim={"status": 502, "n": MANY}),
+        Fault(WhatsAppDeliveryUnknownError, 1, (FAILED, 2), 2, sim={"status": 502, "n": MANY},
+              http_status=502, text="HTTP 502", answers=((502, None),)),
     "504 throughout":
-        Fault(WhatsAppDeliveryUnknownError, 1, (FAILED, 2), 2, sim={"status": 504, "n": MANY}),
+        Fault(WhatsAppDeliveryUnknownError, 1, (FAILED, 2), 2, sim={"status": 504, "n": MANY},
+              http_status=504, text="HTTP 504", answers=((504, None),)),
     # The same through a real gateway in front of the simulator: the count is of messages the
     # simulator accepted, so a retry would show as a duplicate delivery.
     "gateway 502 after the API took the message":
@@ -149,7 +208,7 @@ MATRIX: dict[str, Fault] = {
         Fault(WhatsAppResponseError, 1, (FAILED, 1), 1, sim={"body": '{"status":"OK","reason":1,"uni', "n": MANY}),
     "HTML error page":
         Fault(WhatsAppResponseError, 1, (FAILED, 1), 1,
-              sim={"body": "<html><h1>502 Bad Gateway</h1></html>", "n": MANY}),
+              sim={"body": "<html><h1>502 Bad Gateway</h1></html>", "n": MANY}, text="HTTP 200"),
     "empty 200":
         Fault(WhatsAppResponseError, 1, (FAILED, 1), 1, sim={"body": "", "n": MANY}),
     "JSON array":
@@ -172,152 +231,62 @@ MATRIX: dict[str, Fault] = {
 
 
 # --------------------------------------------------------------------------------------------
-# A raw-socket server for faults below HTTP
+# Arming a row
 
 
-class BrokenServer:
-    """Reads each request, then breaks the exchange: ``cut_body`` promises 200 bytes and sends
-    19 before closing; ``hang_up`` closes without answering. Counts the requests it read."""
+@dataclass
+class Armed:
+    """A row's server, ready: where to send, what to count, the simulator if there is one."""
 
-    def __init__(self, behaviour: str) -> None:
-        self.behaviour = behaviour
-        self.count = 0
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.2)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self.base_url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+    base_url: str
+    count: Callable[[], int]
+    sim: WhatsAppSimulator | None = None
+    proxies: dict[str, str] = field(default_factory=dict)
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                data = b""
-                try:
-                    while b"\r\n\r\n" not in data:
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
-                    if not data:
-                        continue
-                    self.count += 1
-                    if self.behaviour == "gzip_bomb":
-                        bomb = gzip_bomb()
-                        conn.sendall(
-                            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
-                            + f"Content-Length: {len(bomb)}\r\n\r\n".encode()
-                            + bomb
-                        )
-                    if self.behaviour == "cut_body":
-                        conn.sendall(
-                            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n"
-                            + OK_ANSWER.encode()[:19]
-                        )
-                except OSError:
-                    pass
-
-    def __enter__(self) -> BrokenServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._sock.close()
-
-
-class GatewayServer:
-    """A reverse proxy in front of a simulator that forwards each request, lets the simulator take
-    the message, then answers ``status`` itself: a gateway that lost the answer (502) or stopped
-    waiting for it (504)."""
-
-    def __init__(self, status: int, upstream: str) -> None:
-        import http.client
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        from urllib.parse import urlsplit
-
-        target = urlsplit(upstream)
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=5)
-                conn.request("POST", self.path, body, dict(self.headers))
-                conn.getresponse().read()  # the API answered: the message is taken
-                conn.close()
-                page = f"<html><h1>{status} gateway error</h1></html>".encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(page)))
-                self.end_headers()
-                self.wfile.write(page)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01})
-        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> GatewayServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-
-@functools.cache
-def gzip_bomb(size: int = 200_000_000) -> bytes:
-    """A gzip stream of ``size`` "0" bytes (about 200 KB for 200 MB), made once."""
-    compressor = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
-    block = b"0" * 1_000_000
-    return b"".join(compressor.compress(block) for _ in range(size // len(block))) + compressor.flush()
+    def answers(self) -> list[tuple[int, int | None]]:
+        assert self.sim is not None
+        return [
+            (r.response_status, r.response_json.get("reason") if r.response_status == 200 else None)
+            for r in self.sim.requests
+        ]
 
 
 @contextmanager
-def fault_server(fault: Fault) -> Iterator[tuple[str, Callable[[], int]]]:
-    """Yield (base_url, count of requests the server saw) with the fault armed."""
-    if fault.server.startswith("gateway_"):
-        with WhatsAppSimulator() as sim:
-            sim.open_window(CLIENT)
-            with GatewayServer(int(fault.server.rsplit("_", 1)[1]), sim.base_url) as gateway:
-                yield gateway.base_url, lambda: len(sim.sent)
-    elif fault.server == "dead_proxy":
-        with WhatsAppSimulator() as sim, refused_address() as proxy:
-            sim.open_window(CLIENT)
-            PROXY["http"] = proxy
-            try:
-                yield sim.base_url, lambda: len(sim.requests)
-            finally:
-                PROXY.clear()
-    elif fault.server == "simulator":
-        with WhatsAppSimulator() as sim:
-            sim.open_window(CLIENT)
-            kwargs = dict(fault.sim)
-            sim.fail_next(kwargs.pop("n", 1), **kwargs)
-            yield sim.base_url, lambda: len(sim.requests)
-    elif fault.server == "refused":
-        with refused_address() as base_url:
-            yield base_url, lambda: 0
-    elif fault.server == "unresponsive":
-        with unresponsive_address() as base_url:
-            yield base_url, lambda: 0
-    else:
-        gzip_bomb()  # made before the request arrives, so its cost is not the server's latency
-        with BrokenServer(fault.server) as server:
-            yield server.base_url, lambda: server.count
+def fault_server(fault: Fault, make_sim) -> Iterator[Armed]:
+    """Yield the row's server with the fault armed (simulators from the ``make_sim`` fixture)."""
+
+    def simulator() -> WhatsAppSimulator:
+        sim = make_sim(connection=False)
+        if fault.wrote is not None:
+            sim.open_window(CLIENT, at=sim.now().subtract(hours=fault.wrote))
+        return sim
+
+    with ExitStack() as stack:
+        if fault.server.startswith("gateway_"):
+            sim = simulator()
+            gateway = stack.enter_context(GatewayServer(int(fault.server.rsplit("_", 1)[1]), sim.base_url))
+            yield Armed(gateway.base_url, lambda: len(sim.sent), sim)
+        elif fault.server == "dead_proxy":
+            sim = simulator()
+            proxy = stack.enter_context(refused_address())
+            yield Armed(sim.base_url, lambda: len(sim.requests), sim, proxies={"http": proxy})
+        elif fault.server == "simulator":
+            sim = simulator()
+            if fault.sim:
+                kwargs = dict(fault.sim)
+                sim.fail_next(kwargs.pop("n", 1), **kwargs)
+            yield Armed(sim.base_url, lambda: len(sim.requests), sim)
+        elif fault.server in ("refused", "unresponsive"):
+            address = refused_address() if fault.server == "refused" else unresponsive_address()
+            yield Armed(stack.enter_context(address), lambda: 0)
+        else:
+            server = stack.enter_context(BrokenServer(fault.server))
+            yield Armed(server.base_url, lambda: server.count)
+
+
+def connect(wa019_env, fault: Fault, server: Armed) -> None:
+    settings = {"password": DEFAULT_TOKEN, "sender": DEFAULT_SENDER, **FAST, "proxies": server.proxies}
+    wa019_env(host=server.base_url, **{**settings, **fault.conn})
 
 
 def settled_count(count: Callable[[], int], expected: int) -> int:
@@ -334,14 +303,17 @@ def settled_count(count: Callable[[], int], expected: int) -> int:
 
 
 @pytest.mark.parametrize("name", MATRIX, ids=list(MATRIX))
-def test_fault_through_the_hook(name, wa019_env):
+def test_fault_through_the_hook(name, wa019_env, make_sim):
     fault = MATRIX[name]
-    with fault_server(fault) as (base_url, count):
-        wa019_env(host=base_url, password=DEFAULT_TOKEN, sender=DEFAULT_SENDER, proxies=dict(PROXY), **FAST)
+    with fault_server(fault, make_sim) as server:
+        connect(wa019_env, fault, server)
+        started = time.monotonic()
         with WhatsAppHook() as hook:
             if fault.hook is None:
                 result = hook.send_message(CLIENT, "Your order shipped")
                 assert result.unique
+                if server.sim is not None and server.sim.sent:
+                    assert result.unique == server.sim.sent[-1]["unique"]
             else:
                 # Nothing but the provider's typed errors escapes, and exactly the documented one.
                 with pytest.raises(WhatsAppError) as err:
@@ -349,16 +321,27 @@ def test_fault_through_the_hook(name, wa019_env):
                 assert type(err.value) is fault.hook, repr(err.value)
                 if fault.reason is not None:
                     assert err.value.reason == fault.reason
+                if fault.http_status is not None:
+                    assert err.value.http_status == fault.http_status
+                if fault.text is not None:
+                    assert re.search(fault.text, str(err.value)), str(err.value)
                 # retryable is what the operator turns into "Airflow's retries apply".
                 assert err.value.retryable == (fault.task[1] == 2)
-        assert settled_count(count, fault.hook_requests) == fault.hook_requests
+        elapsed = time.monotonic() - started
+        assert settled_count(server.count, fault.hook_requests) == fault.hook_requests
+        if fault.answers is not None:
+            assert server.answers() == list(fault.answers)
+        if fault.delivered is not None:
+            assert len(server.sim.sent) == fault.delivered
+        low, high = fault.seconds
+        assert low < elapsed < high
 
 
 @pytest.mark.parametrize("name", MATRIX, ids=list(MATRIX))
-def test_fault_through_a_task_run(name, wa019_env, airflow_db):
+def test_fault_through_a_task_run(name, wa019_env, make_sim, airflow_db):
     fault = MATRIX[name]
-    with fault_server(fault) as (base_url, count):
-        wa019_env(host=base_url, password=DEFAULT_TOKEN, sender=DEFAULT_SENDER, proxies=dict(PROXY), **FAST)
+    with fault_server(fault, make_sim) as server:
+        connect(wa019_env, fault, server)
         with DAG(f"fault_{abs(hash(name))}", schedule=None, start_date=START, catchup=False) as dag:
             WhatsAppSendOperator(
                 task_id="send",
@@ -366,10 +349,11 @@ def test_fault_through_a_task_run(name, wa019_env, airflow_db):
                 body="Your order shipped",
                 retries=1,
                 retry_delay=timedelta(milliseconds=1),
+                **fault.op,
             )
         result = run_dag(dag)
         assert result.tis["send"] == fault.task
-        assert settled_count(count, fault.task_requests) == fault.task_requests
+        assert settled_count(server.count, fault.task_requests) == fault.task_requests
     if fault.task[0] == SUCCESS:
         assert result.xcom("send")
     else:

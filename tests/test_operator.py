@@ -2,43 +2,42 @@
 
 Under ``dag.test()`` retries run to the end: a retryable failure with ``retries=1`` ends
 ``failed`` with try number 2 (it was ``up_for_retry`` in between), a non-retryable one ends
-``failed`` with try number 1.
+``failed`` with try number 1. What each API answer and fault makes of a task run is the fault
+matrix, tests/test_faults.py; the task log's words on them, tests/test_token_leak.py.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from datetime import timedelta
 
 import pendulum
 import pytest
 from airflow.sdk import DAG, task
-from airflow_support import airflow_dags_test, run_dag
+from airflow_support import FAST, airflow_dags_test, run_dag
 
 from airflow_provider_wa019.operators.whatsapp import WhatsAppSendOperator
-from airflow_provider_wa019.testing import WhatsAppSimulator, refused_address
+from airflow_provider_wa019.testing import WhatsAppSimulator
 
 CLIENT = "972501234567"
 STRANGER = "972520000001"
-FAST = {"backoff_factor": 0.01, "max_retry_wait": 0.1, "timeout": [1, 0.5]}
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 
 SUCCESS, SKIPPED, FAILED = "success", "skipped", "failed"
 
 
 @pytest.fixture
-def sim(wa019_simulator, wa019_env):
-    wa019_env(host=wa019_simulator.base_url, password=wa019_simulator.token, sender=wa019_simulator.sender, **FAST)
-    wa019_simulator.open_window(CLIENT)
-    return wa019_simulator
+def sim(make_sim):
+    return make_sim(open_windows=[CLIENT])
 
 
 def send_dag(dag_id: str, *, retries: int = 1, params: dict | None = None, **op_kwargs) -> DAG:
     op_kwargs.setdefault("to", CLIENT)
     op_kwargs.setdefault("body", "Your order shipped")
     with DAG(dag_id, schedule=None, start_date=START, catchup=False, params=params or {}) as dag:
-        WhatsAppSendOperator(task_id="send", retries=retries, retry_delay=timedelta(milliseconds=1), **op_kwargs)
+        WhatsAppSendOperator(
+            task_id="send", retries=retries, retry_delay=timedelta(milliseconds=1), **op_kwargs
+        )
     return dag
 
 
@@ -55,64 +54,6 @@ def test_success_returns_the_message_id_and_pushes_the_response(sim, airflow_db)
     assert response["reason"] == 1
     assert response["conversation_time_left_minutes"] == 24 * 60
     pendulum.parse(response["timestamp"])
-
-
-# (how to provoke it, final state, try number, requests the simulator saw)
-OUTCOMES = {
-    "reason 2 unknown sender": ({"sender": "972779999999"}, None, FAILED, 1, 1),
-    "reason 3 wrong token": (None, {"reason": 3}, FAILED, 1, 1),
-    "reason 4 bad number": (None, {"reason": 4}, FAILED, 1, 1),
-    "reason 5 empty body": (None, {"reason": 5}, FAILED, 1, 1),
-    "reason 6 after the hook's retries": (None, {"reason": 6, "n": 99}, FAILED, 2, 6),
-    "reason 6 once": (None, {"reason": 6}, SUCCESS, 1, 2),
-    "reason 7 window closed": ({"to": "WINDOW_EXPIRED"}, None, SKIPPED, 1, 1),
-    "reason 8 first contact": ({"to": STRANGER}, None, SKIPPED, 1, 1),
-    "reason 8 not in skip_on_reasons": ({"to": STRANGER, "skip_on_reasons": ()}, None, FAILED, 1, 1),
-    "unknown reason 42": (None, {"reason": 42}, FAILED, 1, 1),
-    "HTTP 401": (None, {"status": 401, "n": 9}, FAILED, 1, 1),
-    "HTTP 429 throughout": (None, {"status": 429, "retry_after": 0, "n": 99}, FAILED, 2, 6),
-    "HTTP 503 once": (None, {"status": 503}, SUCCESS, 1, 2),
-    "HTTP 500 delivery unknown": (None, {"status": 500, "n": 99}, FAILED, 2, 2),
-    "read timeout delivery unknown": (None, {"delay": 1.0, "n": 99}, FAILED, 2, 2),
-    "non-JSON body": (None, {"body": "<html>Bad gateway</html>", "n": 99}, FAILED, 1, 1),
-}
-
-
-@pytest.mark.parametrize("case", OUTCOMES, ids=list(OUTCOMES))
-def test_task_outcome_follows_the_reason(sim, airflow_db, case):
-    op_kwargs, fault, state, try_number, requests = OUTCOMES[case]
-    op_kwargs = dict(op_kwargs or {})
-    if op_kwargs.get("to") == "WINDOW_EXPIRED":
-        expired = "972530000002"
-        sim.open_window(expired, at=sim.now().subtract(hours=25))
-        op_kwargs["to"] = expired
-    if fault:
-        fault = dict(fault)
-        sim.fail_next(fault.pop("n", 1), **fault)
-
-    result = run_dag(send_dag(f"op_outcome_{abs(hash(case))}", retries=1, **op_kwargs))
-
-    assert result.tis["send"] == (state, try_number)
-    if fault and "delay" in fault:
-        sim_wait_for(sim, requests)
-    assert len(sim.requests) == requests
-    if state != SUCCESS:
-        with pytest.raises(KeyError):
-            result.xcom("send")
-
-
-def sim_wait_for(sim: WhatsAppSimulator, count: int) -> None:
-    # A delayed answer is recorded once written, after the client already gave up.
-    deadline = time.monotonic() + 5
-    while len(sim.requests) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-def test_connection_failure_is_retried_by_airflow(wa019_env, airflow_db):
-    with refused_address() as base_url:
-        wa019_env(host=base_url, password="t", **FAST)
-        result = run_dag(send_dag("op_refused", retries=1))
-    assert result.tis["send"] == (FAILED, 2)
 
 
 @pytest.mark.parametrize(
@@ -133,7 +74,7 @@ def test_invalid_input_fails_without_retry_or_request(sim, airflow_db, op_kwargs
 
 
 def test_missing_token_fails_without_request(sim, wa019_env, airflow_db):
-    wa019_env(host=sim.base_url, password=None, sender=sim.sender)
+    wa019_env(sim, password=None)
     result = run_dag(send_dag("op_no_token", retries=2))
     assert result.tis["send"] == (FAILED, 1)
     assert sim.requests == []
@@ -271,13 +212,13 @@ def test_do_xcom_push_false_pushes_nothing(sim, airflow_db):
             result.xcom("send", key=key)
 
 
-def test_the_connection_id_is_a_template_field(sim, airflow_db, wa019_env):
+def test_the_connection_id_is_a_template_field(sim, make_sim, airflow_db):
     # A second account, chosen per run: the send goes through it, not wa019_default.
-    with WhatsAppSimulator(senders=("972779999999",)) as other:
-        other.open_window(CLIENT)
-        wa019_env(conn_id="wa019_other", host=other.base_url, password=other.token, sender=other.sender, **FAST)
-        dag = send_dag("op_templated_conn", params={"account": "wa019_other"}, wa019_conn_id="{{ params.account }}")
-        result = run_dag(dag)
-        assert result.tis["send"] == (SUCCESS, 1)
-        assert [m["from"] for m in other.sent] == ["972779999999"]
+    other = make_sim(senders=("972779999999",), connection="wa019_other", open_windows=[CLIENT])
+    dag = send_dag(
+        "op_templated_conn", params={"account": "wa019_other"}, wa019_conn_id="{{ params.account }}"
+    )
+    result = run_dag(dag)
+    assert result.tis["send"] == (SUCCESS, 1)
+    assert [m["from"] for m in other.sent] == ["972779999999"]
     assert sim.sent == []
