@@ -16,6 +16,7 @@ is a usage error.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -65,6 +66,17 @@ def _parser() -> argparse.ArgumentParser:
     _list_option(
         parser, "--template", _template, "NAME=BODY", "approved templates; {{1}}, {{2}} ... mark variables"
     )
+    parser.add_argument(
+        "--webhook-url",
+        metavar="URL",
+        help="deliver clients' messages (POST /__sim__/client-says) to this URL, as the platform would",
+    )
+    parser.add_argument(
+        "--webhook-secret",
+        metavar="SECRET",
+        default=os.environ.get("WA019_SIM_WEBHOOK_SECRET"),
+        help="set as the webhook URL's secret parameter (default: $WA019_SIM_WEBHOOK_SECRET)",
+    )
     return parser
 
 
@@ -85,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         latency=args.latency,
         max_concurrency=args.max_concurrency,
         templates=args.template,
+        webhook_url=args.webhook_url,
+        webhook_secret=args.webhook_secret,
     )
     stop = threading.Event()
 

@@ -14,6 +14,10 @@ reads the record with these; each one calls a public method of the
 ``POST templates``          ``add_template(**body)`` (``templateId`` taken too)
 ``POST reset``              ``reset()``
 ``POST clock``              ``set_time(set)``, ``advance(minutes=, seconds=)`` or real time
+``POST webhook``            ``set_webhook(url, secret)``
+``POST client-says``        ``client_says(number, text, quote=, type=, sender=, sender_name=,
+                            times=, secret=, body=)``
+``GET  deliveries``         ``deliveries`` (as :meth:`Delivery.to_dict`)
 =========================  ====================================================================
 
 Control requests are never recorded and never faulted. Bad input is a 400 with the error's text,
@@ -68,6 +72,17 @@ def answer_control(platform: Platform, method: str, path: str, raw: bytes) -> Re
         if method == "POST" and action == "clock":
             _set_clock(platform, data)
             return _clock(platform)
+        if method == "GET" and action == "deliveries":
+            return Response.json(200, [d.to_dict() for d in platform.deliveries])
+        if method == "POST" and action == "webhook":
+            platform.set_webhook(_json_string(data, "url"), _json_string(data, "secret"))
+            return _ok()
+        if method == "POST" and action == "client-says":
+            number = _json_string(data, "number")
+            if not number or "text" not in data:
+                raise ValueError("'number' and 'text' are required")
+            options = {k: v for k, v in data.items() if k not in ("number", "text")}
+            return _ok(**platform.client_says(number, data["text"], **options))
     except (TypeError, ValueError, OverflowError, RecursionError) as err:
         # Bad input: tell the caller, never crash.
         return Response.json(400, {"ok": False, "error": str(err)})

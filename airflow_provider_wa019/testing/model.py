@@ -29,10 +29,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import Message
 from typing import Any
+from urllib.parse import urlsplit
 
 import pendulum
 
-from airflow_provider_wa019.api import MAX_UNIQUE_CHARS, SEND_PATH, TEMPLATE_PATH, WINDOW_SECONDS, Reason
+from airflow_provider_wa019.api import (
+    MAX_UNIQUE_CHARS,
+    SEND_PATH,
+    TEMPLATE_PATH,
+    WINDOW_SECONDS,
+    Reason,
+    inbound_payload,
+)
 from airflow_provider_wa019.testing import endpoints
 from airflow_provider_wa019.testing.checks import normalise_number, to_utc
 from airflow_provider_wa019.testing.faults import Fault, FaultQueue, fault_response
@@ -44,6 +52,7 @@ from airflow_provider_wa019.testing.records import (
     record,
 )
 from airflow_provider_wa019.testing.templates import TemplateBook, render, template_arguments
+from airflow_provider_wa019.testing.webhooks import Delivery, deliver, encode, with_secret
 
 #: The free-form ("template") window and the billing conversation both last 24 hours.
 WINDOW = timedelta(seconds=WINDOW_SECONDS)
@@ -115,6 +124,8 @@ class Platform:
         self._faults = FaultQueue()
         self._log: list[RecordedRequest] = []
         self._sent: list[dict[str, Any]] = []
+        self._webhook_url: str | None = None
+        self._deliveries: list[Delivery] = []
         for spec in templates or ():
             self.add_template(**template_arguments(spec))
 
@@ -301,12 +312,80 @@ class Platform:
         with self._lock:
             self._faults.append(fault)
 
-    def reset(self) -> None:
-        """Forget the request log, sent messages, pending faults, contacts' windows and the peak.
+    # -- the webhook (clients writing to us) ------------------------------------------------------
 
-        Templates, the clock, latency and max_concurrency stay.
+    def set_webhook(self, url: str | None, secret: str | None = None) -> None:
+        """Where client messages are delivered: the URL configured at the platform (None: none).
+
+        ``secret``, when given, is set as the URL's ``secret`` parameter (the platform can only be
+        given a URL, so that is where a shared secret travels).
+        """
+        if url is not None and (not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https")):
+            raise ValueError(f"the webhook URL must be an http(s) URL, got {url!r:.80}")
+        with self._lock:
+            self._webhook_url = with_secret(url, secret) if url is not None else None
+
+    def client_says(
+        self,
+        number: str | int,
+        text: str,
+        *,
+        quote: str | None = None,
+        type: str = "text",
+        sender: str | int | None = None,
+        sender_name: str | None = None,
+        times: int = 1,
+        secret: str | None = None,
+        body: bytes | str | None = None,
+    ) -> dict[str, Any]:
+        """Client ``number`` writes ``text`` to ``sender`` (default ``sim.sender``): their 24 h
+        window opens (as :meth:`open_window`), and the message is delivered to the webhook, if one
+        is set, ``times`` times (the platform re-delivers after a failure: duplicates happen).
+
+        :param quote: the ``unique`` of our message the client quoted.
+        :param secret: deliver with this ``secret`` instead of the configured one (a forged call).
+        :param body: deliver these raw bytes instead of the documented payload (a malformed one).
+        :return: ``{"unique": ..., "payload": {...}, "deliveries": [Delivery.to_dict(), ...]}``.
+        """
+        if isinstance(times, bool) or not isinstance(times, int) or not 0 <= times <= 10:
+            raise ValueError(f"times must be 0 to 10, got {times!r}")
+        if not isinstance(text, str):
+            raise ValueError(f"text must be a string, got {text.__class__.__name__}")
+        number = normalise_number(number, "number")
+        account = self._known_sender(sender)
+        unique = _new_unique().upper()
+        with self._lock:
+            now = self._now()
+            self._contact(account, number).last_inbound = now
+            url = self._webhook_url
+        payload = inbound_payload(
+            unique=unique, sender=number, to=account, body=text, type=type, timestamp=now,
+            quote_unique=quote, sender_name=sender_name,
+        )  # fmt: skip
+        raw = body.encode() if isinstance(body, str) else body if body is not None else encode(payload)
+        deliveries = []
+        if url is not None:
+            # Outside the lock: the receiver may call this simulator back while we wait.
+            target = with_secret(url, secret)
+            deliveries = [deliver(target, raw, unique=unique) for _ in range(times)]
+            with self._lock:
+                self._deliveries.extend(deliveries)
+        return {"unique": unique, "payload": payload, "deliveries": [d.to_dict() for d in deliveries]}
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        """Every webhook delivery so far, with the answer it got (secrets shown as ``***``)."""
+        with self._lock:
+            return list(self._deliveries)
+
+    def reset(self) -> None:
+        """Forget the request log, sent messages, pending faults, contacts' windows, deliveries
+        and the peak.
+
+        Templates, the clock, latency, max_concurrency and the webhook URL stay.
         """
         with self._lock:
+            self._deliveries.clear()
             self._log.clear()
             self._sent.clear()
             self._faults.clear()

@@ -91,6 +91,10 @@ class WhatsAppSimulator(Platform):
         (``name``, ``body``, optional ``template_id``/``templateId``, ``language``, ...).
     :param now: freeze the clock at this moment (datetime or ISO string); by default it follows
         real time until :meth:`set_time` or :meth:`advance` is called.
+    :param webhook_url: where :meth:`client_says` delivers clients' messages, as the platform
+        would: the URL configured there, e.g.
+        ``http://127.0.0.1:8080/wa019/webhook/wa019_default`` (see :meth:`set_webhook`).
+    :param webhook_secret: set as that URL's ``secret`` parameter.
 
     Everything is thread-safe (one lock). The simulator is a context manager::
 
@@ -108,10 +112,14 @@ class WhatsAppSimulator(Platform):
         max_concurrency: int | None = None,
         templates: Iterable[Mapping[str, Any]] | None = None,
         now: datetime | str | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
     ) -> None:
         super().__init__(
             token, senders, latency=latency, max_concurrency=max_concurrency, templates=templates, now=now
         )
+        if webhook_url is not None:
+            self.set_webhook(webhook_url, webhook_secret)
         self._host = host
         self._port = port
         self._server: Server | None = None
