@@ -675,6 +675,68 @@ def test_the_duplicate_check_looks_back_48_hours(base_url, receiving):
     assert len(recorded(conn_id)) == 2
 
 
+def _age_events(asset_id: int, age: timedelta) -> None:
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    with create_session() as session:
+        session.execute(
+            update(AssetEvent)
+            .where(AssetEvent.asset_id == asset_id)
+            .values(timestamp=datetime.now(timezone.utc) - age)
+        )
+
+
+def test_a_redelivery_is_looked_for_from_the_messages_own_timestamp(base_url, receiving):
+    conn_id = receiving()
+    now = pendulum.now("UTC")
+    # Sent 25 h ago, first recorded right then: the platform's last retry a day later is found.
+    late = payload(timestamp=str(int(now.subtract(hours=25).timestamp())))
+    assert post(base_url, conn_id, late).json() == {"status": "recorded"}
+    [(asset_id, *_)] = asset_rows(conn_id)
+    _age_events(asset_id, timedelta(hours=25) - timedelta(seconds=5))
+    assert post(base_url, conn_id, late).json() == {"status": "duplicate"}
+
+    # Only events since the message was sent (less an hour) are read: an event recorded
+    # before that cannot be an earlier delivery of it.
+    other = receiving()
+    fresh = payload(timestamp=str(int(now.timestamp())))
+    assert post(base_url, other, fresh).json() == {"status": "recorded"}
+    [(other_asset, *_)] = asset_rows(other)
+    _age_events(other_asset, timedelta(hours=2))
+    assert post(base_url, other, fresh).json() == {"status": "recorded"}
+
+    # No timestamp of the platform's: the whole 48 h.
+    third = receiving()
+    unstamped = payload()
+    del unstamped["timestamp"]
+    assert post(base_url, third, unstamped).json() == {"status": "recorded"}
+    [(third_asset, *_)] = asset_rows(third)
+    _age_events(third_asset, timedelta(hours=30))
+    assert post(base_url, third, unstamped).json() == {"status": "duplicate"}
+
+
+def test_look_back_to():
+    from airflow_provider_wa019.api import parse_inbound
+    from airflow_provider_wa019.webhook.store import CLOCK_MARGIN, DEDUP_WINDOW, look_back_to
+
+    now = pendulum.datetime(2026, 6, 1, 12, 0, tz="UTC")
+
+    def since(sent: Any) -> Any:
+        data = payload(timestamp=str(int(sent.timestamp())) if sent is not None else None)
+        received_at = now.add(microseconds=250_000)  # receipt times are not whole seconds
+        message = parse_inbound(data, received_at=received_at)
+        return look_back_to(message, now=now, received_at=received_at)
+
+    assert since(now) == now - CLOCK_MARGIN
+    assert since(now.subtract(hours=5)) == now.subtract(hours=5) - CLOCK_MARGIN
+    assert since(now.subtract(days=9)) == now - DEDUP_WINDOW
+    assert since(now.add(minutes=30)) == now - CLOCK_MARGIN  # a little ahead: read as now
+    assert since(now.add(hours=3)) == now - DEDUP_WINDOW  # far ahead: not believed
+    assert since(None) == now - DEDUP_WINDOW  # no timestamp: received_at stood in
+
+
 def deliver_together(url: str, body: bytes, times: int) -> list[tuple[int, str]]:
     """POST ``body`` from ``times`` threads at once (connected first, released by one barrier)."""
     barrier = threading.Barrier(times)

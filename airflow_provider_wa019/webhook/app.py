@@ -21,6 +21,7 @@ again later. Built only where it is served: see :mod:`airflow_provider_wa019.web
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -126,18 +127,21 @@ class WebhookReceiver:
             return _error(400, "the body is not valid JSON")
         if _nested_deeper_than(data, MAX_JSON_DEPTH):
             return _error(400, f"the JSON is nested more than {MAX_JSON_DEPTH} levels deep")
+        received_at = pendulum.now("UTC")
         try:
-            message = parse_inbound(data, received_at=pendulum.now("UTC"))
+            message = parse_inbound(data, received_at=received_at)
         except InboundError as exc:
             return _error(400, str(exc))
 
-        return await self._record(settings, message)
+        return await self._record(settings, message, received_at)
 
-    async def _record(self, settings: WebhookSettings, message: Any) -> Response:
+    async def _record(self, settings: WebhookSettings, message: Any, received_at: Any) -> Response:
         from airflow_provider_wa019.webhook.store import RECORDED, record_message
 
         try:
-            outcome = await run_in_threadpool(record_message, settings.conn_id, message)
+            outcome = await run_in_threadpool(
+                functools.partial(record_message, settings.conn_id, message, received_at=received_at)
+            )
         except Exception:
             log.exception("webhook %r: could not record message %s", settings.conn_id, message.unique)
             return _error(503, "the message could not be recorded, try again")
