@@ -6,8 +6,9 @@ SQLite DB before Airflow was imported.
 - ``run_dag(dag)`` runs a DAG object in-process with ``dag.test()`` and returns a ``DagRunResult``
   (dag run state, per-task ``(state, try_number)``, stored XComs read back and deserialised).
 - ``airflow_dags_test(dag_id, dags_folder=...)`` runs ``airflow dags test`` in a subprocess and
-  returns its combined output: the reliable way to assert on task log lines, which ``dag.test()``
-  sends through structlog to a stream that pytest's ``capfd``/``caplog`` may not see.
+  returns its combined output (``.task_log(task_id)``: one task's part): the reliable way to
+  assert on task log lines, which ``dag.test()`` sends through structlog to a stream that
+  pytest's ``capfd``/``caplog`` may not see. ``latest_run(dag_id)`` then reads what it did.
 - ``set_connection_env(monkeypatch, conn_id, ...)`` stores a connection in ``AIRFLOW_CONN_<ID>``
   (JSON form) for one test; the ``wa019_env`` fixture in conftest.py wraps it for wa019, and the
   ``make_sim`` fixture starts a simulator and points a connection at it with ``FAST`` settings.
@@ -207,10 +208,6 @@ def run_dag(
     used; an explicit ``logical_date`` that was used before replaces that earlier run.
     Retries run to the end (``dag.test()`` waits out ``retry_delay``: keep it tiny in tests).
     """
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
     ensure_airflow_db()
     _write_dag_to_db(dag)
     if logical_date is None:
@@ -221,7 +218,27 @@ def run_dag(
         _delete_runs_at(dag.dag_id, logical_date)
 
     dr = dag.test(logical_date=logical_date, run_conf=conf)
-    dag_id, run_id, state = dr.dag_id, dr.run_id, dr.state
+    return _result_of(dr.dag_id, dr.run_id, logical_date, dr.state)
+
+
+def latest_run(dag_id: str) -> DagRunResult:
+    """The newest dag run of ``dag_id`` in the test metadata DB (e.g. after ``airflow dags test``)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        dr = session.scalars(
+            select(DagRun).where(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).limit(1)
+        ).one()
+        run_id, logical_date, state = dr.run_id, dr.logical_date, dr.state
+    return _result_of(dag_id, run_id, logical_date, state)
+
+
+def _result_of(dag_id: str, run_id: str, logical_date: datetime | None, state: str | None) -> DagRunResult:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
 
     with create_session() as session:
         rows = session.execute(
@@ -373,3 +390,22 @@ def set_connection_env(
         data["extra"] = dict(extra)
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(data))
     return data
+
+
+# --------------------------------------------------------------------------------------------
+# Callback contexts
+
+
+def callback_context(dag_id: str = "direct", task_id: str = "t") -> dict[str, Any]:
+    """A context as Airflow hands a task's failure callback (what a notifier's default text reads),
+    for calling a notifier directly."""
+    from airflow.sdk import DAG
+
+    class TI:  # the attributes the default text reads
+        state = "failed"
+        try_number = 2
+        log_url = "http://airflow.test/log"
+
+    TI.task_id = task_id  # type: ignore[attr-defined]
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    return {"dag": DAG(dag_id, schedule=None, start_date=start), "ti": TI(), "run_id": "manual__1"}

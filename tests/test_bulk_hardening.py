@@ -1,9 +1,9 @@
 """WhatsAppBulkSendOperator hardening: one recipient's render error, recipients given as a Jinja
 string, and arguments of the wrong type.
 
-As in test_bulk.py, operator tests run real DAGs (``dag.test()``, or ``airflow dags test`` in a
-subprocess where the task log is asserted on) against the simulator, and what was sent is read
-from the simulator's request log.
+As in test_bulk.py, operator tests run real DAGs (``dag.test()``) against the simulator, and what
+was sent is read from the simulator's request log. Render errors that quote the token, and what
+the task log says of render errors, are in tests/test_token_leak.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pendulum
 import pytest
 from airflow.providers.common.compat.sdk import AirflowTaskTimeout  # airflow.sdk.exceptions from 3.2
 from airflow.sdk import DAG, task
-from airflow_support import airflow_dags_test, run_dag
+from airflow_support import run_dag
 
 from airflow_provider_wa019.api import SEND_PATH
 from airflow_provider_wa019.bulk import (
@@ -132,81 +132,6 @@ def test_when_no_recipient_renders_the_task_fails_without_retry_and_still_pushes
     assert sim.requests == []
 
 
-def test_render_errors_never_carry_the_token(sim, airflow_db):
-    # A template that looks the connection up and fails on its value: the exception's text
-    # quotes the token (KeyError) as Jinja's own error quotes a missing key.
-    ok, bad_key, bad_jinja = open_windows(sim, numbers(3))
-    body = (
-        "{% if kind == 'key' %}{{ {}.pop(conn.wa019_default.password) }}"
-        "{% elif kind == 'jinja' %}{{ {}[conn.wa019_default.password] }}"
-        "{% else %}fine{% endif %}"
-    )
-    recipients = [
-        {"to": ok, "kind": "ok"},
-        {"to": bad_key, "kind": "key"},
-        {"to": bad_jinja, "kind": "jinja"},
-    ]
-
-    result = run_dag(bulk_dag("bulk_render_token", recipients=recipients, body=body, max_failure_ratio=1))
-
-    assert result.tis["bulk"] == (SUCCESS, 1)
-    results = result.xcom("bulk", key="results")
-    assert results[bad_key]["status"] == results[bad_jinja]["status"] == "invalid"
-    assert results[bad_key]["error"] == "KeyError: '***'"
-    assert results[bad_jinja]["error"].startswith("UndefinedError: ")
-    assert "***" in results[bad_jinja]["error"]
-    assert TOKEN not in repr(results)
-    assert [m["to"] for m in sim.sent] == [ok]
-
-
-RENDER_LOG_DAG = """
-import pendulum
-from airflow.sdk import DAG
-from airflow_provider_wa019.operators.whatsapp import WhatsAppBulkSendOperator
-
-with DAG("wa019_bulk_render_log", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")):
-    WhatsAppBulkSendOperator(
-        task_id="bulk",
-        recipients=RECIPIENTS,
-        body=BODY,
-        max_failure_ratio=1,
-        retries=0,
-    )
-"""
-
-
-def test_render_errors_are_logged_masked_and_token_free(tmp_path, airflow_db):
-    with WhatsAppSimulator(token=TOKEN) as sim:
-        ok, zero, quoted, secret = open_windows(sim, numbers(4))
-        body = (
-            "{% if kind == 'zero' %}{{ 1 / qty }}"
-            "{% elif kind == 'number' %}{{ {}.pop(to) }}"  # KeyError quoting the full number
-            "{% elif kind == 'token' %}{{ {}.pop(conn.wa019_default.password) }}"
-            "{% else %}fine{% endif %}"
-        )
-        recipients = [
-            {"to": ok, "kind": "ok"},
-            {"to": zero, "kind": "zero", "qty": 0},
-            {"to": quoted, "kind": "number"},
-            {"to": secret, "kind": "token"},
-        ]
-        dag_file = RENDER_LOG_DAG.replace("RECIPIENTS", repr(recipients)).replace("BODY", repr(body))
-        (tmp_path / "bulk_render_log_dag.py").write_text(dag_file)
-        env = {"AIRFLOW_CONN_WA019_DEFAULT": sim.connection_json(**FAST)}
-        out = airflow_dags_test("wa019_bulk_render_log", dags_folder=tmp_path, env=env)
-        delivered = [m["to"] for m in sim.sent]
-    log = out.output
-    assert out.returncode == 0, out
-    assert delivered == [ok]
-    assert TOKEN not in log
-    for number in (ok, zero, quoted, secret):
-        assert number not in log, number
-    assert "Recipient ********0001: invalid: ZeroDivisionError: division by zero" in log
-    assert "Recipient ********0002: invalid: KeyError: '********0002'" in log
-    assert "Recipient ********0003: invalid: KeyError: '***'" in log
-    assert "Bulk send done: 1/4 sent, 3 invalid" in log
-
-
 @pytest.mark.parametrize(
     "stop", [KeyboardInterrupt, AirflowTaskTimeout], ids=["KeyboardInterrupt", "timeout"]
 )
@@ -243,30 +168,6 @@ def test_a_base_exception_while_rendering_still_ends_the_try_and_releases_the_cl
     assert [o.status for o in retry.results.values()] == ["sent"] * 3
     assert sorted(sent_to(sim)) == sorted(nums)  # each exactly once over the two tries
     assert sent_to(sim)[1:] == [interrupted, last]
-
-
-def test_engine_render_error_text_is_typed_redacted_and_masked_in_the_log(sim, hook, caplog):
-    ok, bad = open_windows(sim, numbers(2))
-    recipients, _ = parse_recipients([ok, bad])
-
-    def prepare(recipient):
-        if recipient.number == bad:
-            raise RuntimeError(f"lookup with {TOKEN} for {bad} failed")
-        return "Hello"
-
-    log = logging.getLogger("wa019.test_bulk_hardening")
-    caplog.set_level(logging.INFO, logger=log.name)
-    report = BulkSender(
-        lambda n, body: hook.send_message(n, body), prepare=prepare, secrets=[TOKEN], log=log
-    ).run(recipients)
-
-    assert report.results[bad].status == "invalid"
-    assert report.results[bad].error == f"RuntimeError: lookup with *** for {bad} failed"
-    text = "\n".join(r.getMessage() for r in caplog.records)
-    assert "Recipient ********0001: invalid: RuntimeError: lookup with *** for ********0001 failed" in text
-    assert TOKEN not in text
-    assert bad not in text
-    assert sent_to(sim) == [ok]
 
 
 class _Unprintable(Exception):

@@ -1,12 +1,12 @@
 """Defects found by an adversarial pass (hardening, round 2), each pinned by a test.
 
-Hook-side items: numbers read in the right country, the token in every spelling an answer can
-echo it, tokens that cannot be a header, answers of any size or pace, connection extras that
-are wrong in every way a form allows, odd ``unique`` ids and timers, errors that copy. Every
-case runs against real HTTP on 127.0.0.1 (the simulator, or a raw socket server where the
-simulator is too well-behaved), and "refused before sending" is checked by the server's record.
-The fault matrix (tests/test_faults.py) holds the rows for 502/504, Retry-After, proxies, deep
-JSON, oversize answers and gzip bombs.
+Hook-side items: numbers read in the right country, answers of any size or pace, connection
+extras that are wrong in every way a form allows, odd ``unique`` ids and timers, errors that
+copy. Every case runs against real HTTP on 127.0.0.1 (the simulator, or a raw socket server where
+the simulator is too well-behaved), and "refused before sending" is checked by the server's
+record. The fault matrix (tests/test_faults.py) holds the rows for 502/504, Retry-After, proxies,
+deep JSON, oversize answers and gzip bombs; tests/test_token_leak.py the token echoed back in
+every spelling (item 3) and tokens that cannot be a header (item 4).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import tracemalloc
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import quote
 
 import pendulum
 import phonenumbers
@@ -52,25 +51,6 @@ FAST = {"backoff_factor": 0.01, "max_retry_wait": 0.1, "timeout": [0.5, 0.5]}
 # Base64 tokens hold "/" and "+": PHP's json_encode writes "/" as "\/".
 TOKEN = "eyJhbGciOi/J9.abc+def/ghi=="
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
-
-
-def spellings(secret: str) -> list[str]:
-    """The token as an answer could carry it: raw, JSON-escaped both ways, percent-encoded."""
-    return [
-        secret,
-        secret.replace("/", "\\/"),
-        "".join(f"\\u{ord(c):04x}" for c in secret),
-        quote(secret, safe=""),
-        quote(secret, safe="").lower(),
-    ]
-
-
-def assert_no_token(*texts: object) -> None:
-    for text in texts:
-        blob = text if isinstance(text, str) else json.dumps(text, default=repr)
-        for spelling in spellings(TOKEN):
-            assert spelling not in blob, f"token spelling {spelling!r} in {blob[:300]!r}"
-        assert TOKEN not in json.loads(json.dumps(blob))  # and not once JSON escapes are resolved
 
 
 @pytest.fixture
@@ -159,66 +139,6 @@ def test_a_nationally_formatted_number_round_trips_in_its_region(case):
 def test_negative_numbers_are_refused(value):
     with pytest.raises(WhatsAppValidationError, match=r"negative|'-'"):
         normalize_number(value)
-
-
-# --------------------------------------------------------------------------------------------
-# 3. Token echo escapes the mask
-
-
-ECHOES = {
-    "PHP json_encode": f'"echo":"Bearer {TOKEN.replace("/", chr(92) + "/")}"',
-    "unicode escapes": '"echo":"Bearer ' + "".join(f"\\u{ord(c):04X}" for c in TOKEN) + '"',
-    "percent-encoded": f'"echo":"Authorization=Bearer%20{quote(TOKEN, safe="")}"',
-    "raw": f'"echo":"Bearer {TOKEN}"',
-}
-
-
-@pytest.mark.parametrize("echo", ECHOES.values(), ids=list(ECHOES))
-def test_an_echoed_token_is_blanked_in_refusals(sim, hook, echo):
-    sim.fail_next(body='{"status":"FAIL","reason":4,"message":"bad to",' + echo + "}")
-    with pytest.raises(WhatsAppAPIError) as err:
-        hook.send_message(CLIENT, "hi")
-    assert_no_token(str(err.value), repr(err.value), err.value.response, pickle.dumps(err.value).hex())
-    assert "***" in json.dumps(err.value.response)
-
-
-@pytest.mark.parametrize("echo", ECHOES.values(), ids=list(ECHOES))
-def test_an_echoed_token_is_blanked_in_a_401(sim, hook, echo):
-    sim.fail_next(status=401, body="{" + echo + "}")
-    with pytest.raises(WhatsAppAPIError) as err:
-        hook.send_message(CLIENT, "hi")
-    assert err.value.reason == 3
-    assert_no_token(str(err.value), err.value.response)
-
-
-@pytest.mark.parametrize("echo", ECHOES.values(), ids=list(ECHOES))
-def test_an_echoed_token_is_blanked_in_xcom_of_a_success(sim, hook, echo):
-    sim.fail_next(body='{"status":"OK","reason":1,"unique":"m-1",' + echo + "}")
-    result = hook.send_message(CLIENT, "hi")
-    assert_no_token(result.to_dict(), dict(result.raw))
-
-
-@pytest.mark.parametrize("echo", ECHOES.values(), ids=list(ECHOES))
-def test_an_echoed_token_is_blanked_in_an_unexpected_body(sim, hook, echo):
-    sim.fail_next(body="[{" + echo + "}]")
-    with pytest.raises(WhatsAppResponseError) as err:
-        hook.send_message(CLIENT, "hi")
-    assert_no_token(str(err.value), err.value.body_excerpt)
-
-
-# --------------------------------------------------------------------------------------------
-# 4. A token that cannot be an HTTP header
-
-
-@pytest.mark.parametrize("bad", ["s3cr\nEt", "s3cr\rEt", "s3crö€Et", "s3cr Et", "s3cr\x00Et"])
-def test_a_token_that_cannot_be_a_header_is_refused_when_the_connection_is_read(sim, wa019_env, bad):
-    wa019_env(host=sim.base_url, password=bad, sender=sim.sender, **FAST)
-    with WhatsAppHook() as hook, pytest.raises(WhatsAppConfigError, match="'wa019_default'") as err:
-        hook.send_message(CLIENT, "hi")
-    assert "s3cr" not in str(err.value)
-    assert "Et" not in str(err.value)
-    assert not err.value.retryable
-    assert sim.requests == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,7 +311,9 @@ def gzip_stream(size: int) -> Iterator[bytes]:
 def test_a_huge_answer_is_never_held_in_memory(wa019_env, kind):
     if kind == "gzip bomb":  # ~200 KB on the wire, 200 MB inflated
         chunks = list(gzip_stream(200_000_000))
-        head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % sum(map(len, chunks))
+        head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % sum(
+            map(len, chunks)
+        )
         body: Iterator[bytes] = iter(chunks)
     else:
         head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n"
@@ -413,7 +335,10 @@ def test_a_huge_answer_is_never_held_in_memory(wa019_env, kind):
 def test_a_trickling_answer_cannot_outlast_the_read_timeout(wa019_env):
     with trickling_server() as (base_url, sent):
         wa019_env(host=base_url, password=TOKEN, sender="972771234567", **FAST)
-        with WhatsAppHook() as hook, pytest.raises(WhatsAppDeliveryUnknownError, match=r"took more than 0\.5 s"):
+        with (
+            WhatsAppHook() as hook,
+            pytest.raises(WhatsAppDeliveryUnknownError, match=r"took more than 0\.5 s"),
+        ):
             hook.send_message(CLIENT, "hi")
         # Each byte came well within the 0.5 s read timeout; the whole answer never did.
         assert sent[0] < 50
@@ -454,7 +379,9 @@ def test_unsendable_template_variables_are_refused(sim, hook, value):
     assert sim.requests == []
 
 
-@pytest.mark.parametrize("link", ["https://cdn.example/a b.png", "https://cdn.example/a\n.png", "https://cdn.example/a\tb.png"])
+@pytest.mark.parametrize(
+    "link", ["https://cdn.example/a b.png", "https://cdn.example/a\n.png", "https://cdn.example/a\tb.png"]
+)
 def test_a_header_link_with_spaces_or_line_breaks_is_refused(sim, hook, link):
     with pytest.raises(WhatsAppValidationError) as err:
         hook.send_template(CLIENT, "hello", ["x"], header_type=3, header_link=link)
@@ -526,7 +453,13 @@ def test_the_same_port_in_host_and_port_field_is_fine(sim, monkeypatch):
     monkeypatch.setenv(
         "AIRFLOW_CONN_WA019_DEFAULT",
         json.dumps(
-            {"conn_type": "wa019", "host": sim.base_url, "port": sim.port, "password": TOKEN, "extra": {"sender": sim.sender}}
+            {
+                "conn_type": "wa019",
+                "host": sim.base_url,
+                "port": sim.port,
+                "password": TOKEN,
+                "extra": {"sender": sim.sender},
+            }
         ),
     )
     with WhatsAppHook() as hook:
@@ -540,7 +473,9 @@ def test_the_same_port_in_host_and_port_field_is_fine(sim, monkeypatch):
 def test_invalid_extra_json_is_reported_as_such(sim, monkeypatch):
     monkeypatch.setenv(
         "AIRFLOW_CONN_WA019_DEFAULT",
-        json.dumps({"conn_type": "wa019", "host": sim.base_url, "password": TOKEN, "extra": '{"sender": 9727'}),
+        json.dumps(
+            {"conn_type": "wa019", "host": sim.base_url, "password": TOKEN, "extra": '{"sender": 9727'}
+        ),
     )
     with WhatsAppHook() as hook, pytest.raises(WhatsAppConfigError, match="extra is not valid JSON"):
         hook.send_message(CLIENT, "hi")
@@ -566,7 +501,13 @@ def test_a_numeric_message_id_is_an_id(sim, hook):
 
 @pytest.mark.parametrize("minutes", ["-5", -1, "1e30", "nan"])
 def test_negative_or_absurd_timers_are_no_timers(minutes):
-    body = {"status": "OK", "reason": 1, "unique": "m-1", "templateTimeLeft": minutes, "conversationTimeLeft": minutes}
+    body = {
+        "status": "OK",
+        "reason": 1,
+        "unique": "m-1",
+        "templateTimeLeft": minutes,
+        "conversationTimeLeft": minutes,
+    }
     result = parse_send_response(200, json.dumps(body).encode())
     assert result.template_time_left is None
     assert result.conversation_time_left is None

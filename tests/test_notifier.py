@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 from pathlib import Path
 
 import pendulum
@@ -12,7 +11,7 @@ import pytest
 import structlog
 from airflow import __version__ as airflow_version
 from airflow.sdk import DAG, task
-from airflow_support import run_dag
+from airflow_support import callback_context, run_dag
 
 from airflow_provider_wa019.notifications.whatsapp import WhatsAppNotifier, send_whatsapp_notification
 from airflow_provider_wa019.operators.whatsapp import WhatsAppSendOperator
@@ -278,38 +277,6 @@ def test_downstream_tasks_run_after_a_failed_notification(sim, airflow_db, monke
 # --- the notifier called directly: logging, deadline-style invocation ------------------------
 
 
-def context_for(dag_id: str = "direct", task_id: str = "t") -> dict:
-    class TI:  # the attributes the default text reads
-        state = "failed"
-        try_number = 2
-        log_url = "http://airflow.test/log"
-
-    TI.task_id = task_id
-    return {"dag": DAG(dag_id, schedule=None, start_date=START), "ti": TI(), "run_id": "manual__1"}
-
-
-def test_failures_are_logged_with_the_api_reason(monkeypatch, capsys, caplog):
-    caplog.set_level(logging.INFO)
-    secret = "tok-NOTIFIER-SECRET-99"
-    with WhatsAppSimulator(token=secret) as s:
-        s.open_window(ON_CALL)
-        conn = json.loads(s.connection_json(**FAST))
-        monkeypatch.setenv("AIRFLOW_CONN_WA019_DEFAULT", json.dumps({**conn, "password": "revoked"}))
-        WhatsAppNotifier(to=[ON_CALL, DEPUTY], body="{{ ti.task_id }} failed")(context_for())
-        first_requests = len(s.requests)
-        monkeypatch.setenv("AIRFLOW_CONN_WA019_DEFAULT", json.dumps(conn))
-        WhatsAppNotifier(to=[STRANGER, ON_CALL])(context_for())
-    logs = capsys.readouterr().out + caplog.text
-    assert "not sent: 019sms refused the message: reason 3 (wrong API token)" in logs
-    assert "Not trying the other recipients" in logs
-    assert first_requests == 1  # a wrong token stops the loop: the deputy would get the same refusal
-    assert "reason 8 (first message to this contact" in logs
-    assert "reached 1 of 2 recipient(s)" in logs
-    assert "to ********4567 not sent" in logs  # numbers are masked
-    assert secret not in logs
-    assert STRANGER not in logs
-
-
 def test_called_like_a_deadline_alert_callback(sim):
     # Airflow's own code path for SyncCallback(WhatsAppNotifier, kwargs=...): it builds the
     # notifier with the kwargs plus ``context`` and calls it with the context.
@@ -349,7 +316,7 @@ def test_default_text_renders_without_a_task_instance(sim):
 
 
 def test_long_text_is_cut_to_whatsapps_limit(sim):
-    WhatsAppNotifier(to=ON_CALL, body="{{ 'x' * 5000 }}")(context_for())
+    WhatsAppNotifier(to=ON_CALL, body="{{ 'x' * 5000 }}")(callback_context())
     body = sim.sent[0]["body"]
     assert len(body) == 4096
     assert body.endswith("…")
