@@ -908,18 +908,23 @@ def test_the_secret_never_appears_in_logs_error_bodies_or_reprs(base_url, receiv
 # --- the plugin --------------------------------------------------------------------------------
 
 
-def _run_python(code: str, timeout: float = 180) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
+def _run_python(code: str, timeout: float = 180, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``code`` in a fresh interpreter; its last stdout line is JSON, returned with the
+    whole output under ``"_output"``."""
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
+    child_env.update(env or {})
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env=child_env,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["_output"] = proc.stdout + proc.stderr
+    return result
 
 
 def test_importing_and_loading_the_plugin_builds_no_app():
@@ -963,21 +968,38 @@ def test_importing_and_loading_the_plugin_builds_no_app():
 
 
 def test_the_api_server_mounts_the_app_at_wa019():
-    # Airflow's own api-server app factory, as `airflow api-server` runs it.
+    # Airflow's own api-server app factory, as `airflow api-server` runs it, with its
+    # middlewares (3.3 writes its own access log), on the test DB.
+    conn_id = f"wa019_api_{uuid.uuid4().hex[:8]}"
+    connection = {"conn_type": "wa019", "extra": {"webhook_secret": SECRET}}
     result = _run_python(
-        """
-        import json
+        f"""
+        import json, logging
         from airflow.api_fastapi.app import create_app
         from fastapi.testclient import TestClient
+        logging.getLogger().setLevel(logging.INFO)
         app = create_app("core")
         mounts = [getattr(r, "path", None) for r in app.routes]
         with TestClient(app) as http:
-            answer = http.post("/wa019/webhook/nobody?secret=x", json={})
-        print(json.dumps({"mounts": mounts, "status": answer.status_code, "body": answer.json()}))
-        """
+            unknown = http.post("/wa019/webhook/nobody?secret=x", json={{}})
+            accepted = http.post(
+                "/wa019/webhook/{conn_id}?secret={SECRET}",
+                content={json.dumps(payload())!r},
+                headers={{"Content-Type": "application/json"}},
+            )
+        print(json.dumps({{
+            "mounts": mounts,
+            "unknown": [unknown.status_code, unknown.json()],
+            "accepted": [accepted.status_code, accepted.json()],
+        }}))
+        """,
+        env={f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(connection)},
     )
     assert "/wa019" in result["mounts"]
-    assert (result["status"], result["body"]) == (404, {"error": "not found"})
+    assert result["unknown"] == [404, {"error": "not found"}]
+    assert result["accepted"] == [200, {"status": "recorded"}]
+    assert len(recorded(conn_id)) == 1
+    assert SECRET not in result["_output"]
 
 
 def test_the_connection_form_declares_the_webhook_extras(monkeypatch):
