@@ -46,19 +46,15 @@ from airflow_provider_wa019.operators.whatsapp import WhatsAppBulkSendOperator
 from airflow_provider_wa019.testing import WhatsAppSimulator
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
-# Quick hook retries; a read timeout long enough for the delayed answers some tests inject.
-FAST = {"backoff_factor": 0.01, "max_retry_wait": 0.1, "timeout": [1, 3]}
 SUCCESS, SKIPPED, FAILED = "success", "skipped", "failed"
 RETRY_FAST = {"retry_delay": timedelta(milliseconds=1)}
 EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"
 
 
 @pytest.fixture
-def sim(wa019_simulator: WhatsAppSimulator, wa019_env) -> WhatsAppSimulator:
-    wa019_env(
-        host=wa019_simulator.base_url, password=wa019_simulator.token, sender=wa019_simulator.sender, **FAST
-    )
-    return wa019_simulator
+def sim(make_sim) -> WhatsAppSimulator:
+    # A read timeout long enough for the answers some tests delay by 2 s.
+    return make_sim(timeout=[0.3, 3])
 
 
 def numbers(count: int, prefix: str = "97250") -> list[str]:

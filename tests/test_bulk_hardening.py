@@ -31,18 +31,13 @@ from airflow_provider_wa019.operators.whatsapp import WhatsAppBulkSendOperator
 from airflow_provider_wa019.testing import WhatsAppSimulator
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
-FAST = {"backoff_factor": 0.01, "max_retry_wait": 0.1, "timeout": [1, 3]}
 RETRY_FAST = {"retry_delay": timedelta(milliseconds=1)}
 SUCCESS, FAILED = "success", "failed"
-# Distinctive, so a search for it in XCom or a log cannot match anything else.
-TOKEN = "tok-HARDENING-7f3a9c1e5b"
 
 
 @pytest.fixture
-def sim(wa019_env) -> WhatsAppSimulator:
-    with WhatsAppSimulator(token=TOKEN) as simulator:
-        wa019_env(host=simulator.base_url, password=TOKEN, sender=simulator.sender, **FAST)
-        yield simulator
+def sim(make_sim) -> WhatsAppSimulator:
+    return make_sim()
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import pickle
 import socket
 import threading
 import tracemalloc
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,7 +25,8 @@ import phonenumbers
 import pytest
 from airflow import __version__ as airflow_version
 from airflow.sdk import DAG, task
-from airflow_support import run_dag
+from airflow_support import FAST, WA019_CONN_ID, run_dag, set_connection_env
+from fault_support import gzip_bomb
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -47,18 +47,14 @@ from airflow_provider_wa019.testing import WhatsAppSimulator, refused_address
 from airflow_provider_wa019.validation import normalize_number
 
 CLIENT = "972501234567"
-FAST = {"backoff_factor": 0.01, "max_retry_wait": 0.1, "timeout": [0.5, 0.5]}
 # Base64 tokens hold "/" and "+": PHP's json_encode writes "/" as "\/".
 TOKEN = "eyJhbGciOi/J9.abc+def/ghi=="
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 
 
 @pytest.fixture
-def sim(wa019_env) -> Iterator[WhatsAppSimulator]:
-    with WhatsAppSimulator(token=TOKEN, templates=[{"name": "hello", "body": "Hi {{1}}"}]) as s:
-        s.open_window(CLIENT)
-        wa019_env(host=s.base_url, password=TOKEN, sender=s.sender, **FAST)
-        yield s
+def sim(make_sim) -> WhatsAppSimulator:
+    return make_sim(token=TOKEN, templates=[{"name": "hello", "body": "Hi {{1}}"}], open_windows=[CLIENT])
 
 
 @pytest.fixture
@@ -98,7 +94,7 @@ def test_digits_are_read_in_the_connections_region(written, region, expected):
 )
 def test_ambiguous_or_foreign_digits_are_refused_before_sending(sim, wa019_env, written, region):
     # With a region set, the sender too is read in it: written with + it is international.
-    wa019_env(host=sim.base_url, password=TOKEN, sender="+" + sim.sender, default_region=region, **FAST)
+    wa019_env(sim, sender="+" + sim.sender, default_region=region, **FAST)
     with WhatsAppHook() as hook, pytest.raises(WhatsAppValidationError, match=r"with \+|ambiguous") as err:
         hook.send_message(written, "hi")
     assert err.value.field == "to"
@@ -158,7 +154,7 @@ def test_a_deeply_nested_401_body_is_still_a_token_refusal(sim, hook):
 
 def test_a_bulk_through_a_dead_proxy_stops_after_the_breaker_streak(sim, wa019_env):
     with refused_address() as proxy:
-        wa019_env(host=sim.base_url, password=TOKEN, sender=sim.sender, proxies={"http": proxy}, **FAST)
+        wa019_env(sim, proxies={"http": proxy}, **FAST)
         with WhatsAppHook() as hook:
             engine = BulkSender(lambda number, _: hook.send_message(number, "hi"), max_concurrency=1)
             from airflow_provider_wa019.bulk import parse_recipients
@@ -299,18 +295,10 @@ def canned_server(head: bytes, body_chunks: Iterator[bytes]) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-def gzip_stream(size: int) -> Iterator[bytes]:
-    compressor = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
-    block = b"0" * 1_000_000
-    for _ in range(size // len(block)):
-        yield compressor.compress(block)
-    yield compressor.flush()
-
-
 @pytest.mark.parametrize("kind", ["gzip bomb", "100 MB body"])
 def test_a_huge_answer_is_never_held_in_memory(wa019_env, kind):
     if kind == "gzip bomb":  # ~200 KB on the wire, 200 MB inflated
-        chunks = list(gzip_stream(200_000_000))
+        chunks = [gzip_bomb()]  # the fault matrix's, made once per process
         head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % sum(
             map(len, chunks)
         )
@@ -424,12 +412,7 @@ def test_an_emoji_body_and_a_real_reply_id_are_sent(sim, hook):
 def test_unusable_connection_settings_are_typed_errors_naming_the_setting(sim, wa019_env, conn, problem):
     host = conn.pop("host", sim.base_url)
     port = conn.pop("port", None)
-    stored = wa019_env(host=host, password=TOKEN, sender=sim.sender, **{**FAST, **conn})
-    if port is not None:
-        import os
-
-        data = json.loads(os.environ["AIRFLOW_CONN_WA019_DEFAULT"])
-        os.environ["AIRFLOW_CONN_WA019_DEFAULT"] = json.dumps({**data, "port": port})
+    stored = wa019_env(sim, host=host, port=port, **{**FAST, **conn})
     assert stored
     with WhatsAppHook() as hook:
         with pytest.raises(WhatsAppConfigError, match=problem) as err:
@@ -442,26 +425,15 @@ def test_unusable_connection_settings_are_typed_errors_naming_the_setting(sim, w
 
 
 def test_userinfo_in_the_host_is_refused_and_never_echoed(sim, wa019_env):
-    wa019_env(host=f"http://admin:hunter2@127.0.0.1:{sim.port}", password=TOKEN, sender=sim.sender)
+    wa019_env(sim, host=f"http://admin:hunter2@127.0.0.1:{sim.port}")
     with WhatsAppHook() as hook, pytest.raises(WhatsAppConfigError, match="user name or password") as err:
         hook.send_message(CLIENT, "hi")
     assert "hunter2" not in str(err.value)
     assert "admin" not in str(err.value)
 
 
-def test_the_same_port_in_host_and_port_field_is_fine(sim, monkeypatch):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_WA019_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "wa019",
-                "host": sim.base_url,
-                "port": sim.port,
-                "password": TOKEN,
-                "extra": {"sender": sim.sender},
-            }
-        ),
-    )
+def test_the_same_port_in_host_and_port_field_is_fine(sim, wa019_env):
+    wa019_env(sim, port=sim.port)
     with WhatsAppHook() as hook:
         assert hook.send_message(CLIENT, "hi").unique
 
@@ -471,11 +443,14 @@ def test_the_same_port_in_host_and_port_field_is_fine(sim, monkeypatch):
     reason=f"Airflow {airflow_version} refuses such a connection itself, before any hook reads it",
 )
 def test_invalid_extra_json_is_reported_as_such(sim, monkeypatch):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_WA019_DEFAULT",
-        json.dumps(
-            {"conn_type": "wa019", "host": sim.base_url, "password": TOKEN, "extra": '{"sender": 9727'}
-        ),
+    # Extra that is not JSON at all: beyond wa019_env, whose extras are keyword arguments.
+    set_connection_env(
+        monkeypatch,
+        WA019_CONN_ID,
+        conn_type="wa019",
+        host=sim.base_url,
+        password=TOKEN,
+        extra='{"sender": 9727',
     )
     with WhatsAppHook() as hook, pytest.raises(WhatsAppConfigError, match="extra is not valid JSON"):
         hook.send_message(CLIENT, "hi")

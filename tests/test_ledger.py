@@ -45,18 +45,14 @@ from airflow_provider_wa019.operators.whatsapp import WhatsAppBulkSendOperator
 from airflow_provider_wa019.testing import WhatsAppSimulator
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
-FAST = {"backoff_factor": 0.01, "max_retry_wait": 0.1, "timeout": [1, 3]}
 SUCCESS, FAILED = "success", "failed"
 DAY = 24 * 3600
 CLEAR_ON_SUCCESS = "AIRFLOW__STATE_STORE__CLEAR_ON_SUCCESS"
 
 
 @pytest.fixture
-def sim(wa019_simulator: WhatsAppSimulator, wa019_env) -> WhatsAppSimulator:
-    wa019_env(
-        host=wa019_simulator.base_url, password=wa019_simulator.token, sender=wa019_simulator.sender, **FAST
-    )
-    return wa019_simulator
+def sim(make_sim) -> WhatsAppSimulator:
+    return make_sim()
 
 
 def numbers(count: int, prefix: str = "97252") -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pendulum
@@ -11,16 +10,14 @@ import pytest
 import structlog
 from airflow import __version__ as airflow_version
 from airflow.sdk import DAG, task
-from airflow_support import callback_context, run_dag
+from airflow_support import FAST, callback_context, run_dag
 
 from airflow_provider_wa019.notifications.whatsapp import WhatsAppNotifier, send_whatsapp_notification
 from airflow_provider_wa019.operators.whatsapp import WhatsAppSendOperator
-from airflow_provider_wa019.testing import WhatsAppSimulator
 
 ON_CALL = "972501234567"  # wrote in the last 24 h
 DEPUTY = "972521234567"  # wrote in the last 24 h
 STRANGER = "972520000001"  # never wrote
-FAST = {"backoff_factor": 0.01, "max_retry_wait": 0.1, "timeout": [1, 0.5]}
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 SUCCESS, FAILED = "success", "failed"
 EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"
@@ -35,12 +32,11 @@ needs_exception_in_dag_test = pytest.mark.skipif(
 
 
 @pytest.fixture
-def sim(monkeypatch):
-    with WhatsAppSimulator(templates=[{"name": "ops_alert", "body": "Alert: {{1}} failed in {{2}}."}]) as s:
-        monkeypatch.setenv("AIRFLOW_CONN_WA019_DEFAULT", s.connection_json(**FAST))
-        s.open_window(ON_CALL)
-        s.open_window(DEPUTY)
-        yield s
+def sim(make_sim):
+    return make_sim(
+        templates=[{"name": "ops_alert", "body": "Alert: {{1}} failed in {{2}}."}],
+        open_windows=[ON_CALL, DEPUTY],
+    )
 
 
 def failing_dag(dag_id: str, notifier: WhatsAppNotifier) -> DAG:
@@ -225,13 +221,9 @@ BROKEN = {
 
 @pytest.mark.parametrize("outcome", [SUCCESS, FAILED])
 @pytest.mark.parametrize("case", BROKEN, ids=list(BROKEN))
-def test_a_failing_notification_never_changes_the_task_state(sim, airflow_db, monkeypatch, case, outcome):
+def test_a_failing_notification_never_changes_the_task_state(sim, airflow_db, wa019_env, case, outcome):
     broken = dict(BROKEN[case])
-    conn = json.loads(sim.connection_json(**FAST))
-    if "password" in broken:
-        conn["password"] = broken.pop("password")
-    conn["host"] = broken.pop("host", conn["host"])
-    monkeypatch.setenv("AIRFLOW_CONN_WA019_DEFAULT", json.dumps(conn))
+    wa019_env(sim, **{k: broken.pop(k) for k in ("password", "host") if k in broken}, **FAST)
     fault = broken.pop("fault", None)
     if fault:
         fault = dict(fault)
@@ -247,10 +239,8 @@ def test_a_failing_notification_never_changes_the_task_state(sim, airflow_db, mo
     assert sim.sent == []
 
 
-def test_downstream_tasks_run_after_a_failed_notification(sim, airflow_db, monkeypatch):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_WA019_DEFAULT", sim.connection_json(**FAST).replace(sim.token, "revoked")
-    )
+def test_downstream_tasks_run_after_a_failed_notification(sim, airflow_db, wa019_env):
+    wa019_env(sim, password="revoked", **FAST)
     with DAG("notify_then_continue", schedule=None, start_date=START) as dag:
         first = WhatsAppSendOperator(
             task_id="noop_send",
@@ -265,7 +255,7 @@ def test_downstream_tasks_run_after_a_failed_notification(sim, airflow_db, monke
             return "ran"
 
         first >> after()
-    monkeypatch.setenv("AIRFLOW_CONN_WA019_OK", sim.connection_json(**FAST))
+    wa019_env(sim, conn_id="wa019_ok", **FAST)
 
     result = run_dag(dag)
 

@@ -48,13 +48,10 @@ def test_hook_form_methods_for_older_airflow_match_provider_info():
     assert behaviour["placeholders"] == conn["ui-field-behaviour"]["placeholders"]
 
 
-def test_prefixed_extras_from_older_forms_are_read(monkeypatch):
+def test_prefixed_extras_from_older_forms_are_read(wa019_env):
     from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
 
-    extra = {"extra__wa019__sender": "972771234567", "extra__wa019__timeout": "7"}
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_WA019_DEFAULT", json.dumps({"conn_type": "wa019", "password": "t", "extra": extra})
-    )
+    wa019_env(password="t", sender=None, extra__wa019__sender="972771234567", extra__wa019__timeout="7")
     settings = WhatsAppHook().settings
     assert (settings.sender, settings.timeout) == ("972771234567", (7.0, 7.0))
 

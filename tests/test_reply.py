@@ -23,12 +23,10 @@ from airflow_provider_wa019.api import (
 )
 from airflow_provider_wa019.inbound import EXTRA_KEY, inbound_messages, inbound_uri, whatsapp_inbound
 from airflow_provider_wa019.operators.reply import WhatsAppReplyOperator
-from airflow_provider_wa019.testing import WhatsAppSimulator
 
 CLIENT = "972507654321"
 OTHER = "972507654322"
 ACCOUNT = "972771234567"
-FAST = {"backoff_factor": 0.01, "max_retry_wait": 0.1, "timeout": [1, 1]}
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 
 
@@ -40,12 +38,8 @@ def payload(
 
 
 @pytest.fixture
-def sim(wa019_env):
-    with WhatsAppSimulator(
-        senders=(ACCOUNT,), templates=[{"name": "follow_up", "body": "Hi, about {{1}}"}]
-    ) as s:
-        wa019_env(host=s.base_url, password=s.token, sender=ACCOUNT, **FAST)
-        yield s
+def sim(make_sim):
+    return make_sim(senders=(ACCOUNT,), templates=[{"name": "follow_up", "body": "Hi, about {{1}}"}])
 
 
 def reply_dag(dag_id: str, **op_kwargs) -> DAG:

@@ -32,9 +32,8 @@ TEMPLATES = [
 
 
 @pytest.fixture
-def sim() -> Any:
-    with WhatsAppSimulator(token=TOKEN, senders=(SENDER, SENDER2), templates=TEMPLATES, now=T0) as s:
-        yield s
+def sim(make_sim) -> WhatsAppSimulator:
+    return make_sim(connection=False, token=TOKEN, senders=(SENDER, SENDER2), templates=TEMPLATES, now=T0)
 
 
 @pytest.fixture

@@ -4,14 +4,13 @@ template operator and the send operator's 24-hour-window fallback in real task r
 from __future__ import annotations
 
 import importlib.util
-import json
 from datetime import timedelta
 from pathlib import Path
 
 import pendulum
 import pytest
 from airflow.sdk import DAG, task
-from airflow_support import run_dag
+from airflow_support import FAST, run_dag
 
 from airflow_provider_wa019.api import TEMPLATE_PATH, WhatsAppTemplate
 from airflow_provider_wa019.exceptions import (
@@ -23,12 +22,10 @@ from airflow_provider_wa019.exceptions import (
 )
 from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
 from airflow_provider_wa019.operators.whatsapp import WhatsAppSendOperator, WhatsAppSendTemplateOperator
-from airflow_provider_wa019.testing import WhatsAppSimulator
 
 CLIENT = "972501234567"  # wrote to us just now: free-form allowed
 STRANGER = "972520000001"  # never wrote: reason 8
 LAPSED = "972530000002"  # wrote 25 h ago: reason 7
-FAST = {"backoff_factor": 0.01, "max_retry_wait": 0.1, "timeout": [1, 0.5]}
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 TEMPLATES = [
     {"name": "order_shipped", "body": "Hi {{1}}, your order {{2}} has shipped.", "template_id": "101"},
@@ -40,12 +37,10 @@ EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"
 
 
 @pytest.fixture
-def sim(monkeypatch):
-    with WhatsAppSimulator(templates=TEMPLATES) as simulator:
-        monkeypatch.setenv("AIRFLOW_CONN_WA019_DEFAULT", simulator.connection_json(**FAST))
-        simulator.open_window(CLIENT)
-        simulator.open_window(LAPSED, at=simulator.now().subtract(hours=25))
-        yield simulator
+def sim(make_sim):
+    simulator = make_sim(templates=TEMPLATES, open_windows=[CLIENT])
+    simulator.open_window(LAPSED, at=simulator.now().subtract(hours=25))
+    return simulator
 
 
 @pytest.fixture
@@ -98,15 +93,13 @@ def test_get_templates_by_id_and_by_phone(sim, hook):
     ]
 
 
-def test_get_templates_refusals(sim, hook, monkeypatch):
+def test_get_templates_refusals(sim, hook, wa019_env):
     with pytest.raises(WhatsAppAPIError) as err:
         hook.get_templates(phone="972779999999")
     assert err.value.reason == 2
     assert "phone not found" in str(err.value)
 
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_WA019_BAD", json.dumps({**json.loads(sim.connection_json()), "password": "no"})
-    )
+    wa019_env(sim, conn_id="wa019_bad", password="no")
     with pytest.raises(WhatsAppAPIError) as err:
         WhatsAppHook("wa019_bad").get_templates()
     assert err.value.reason == 3
@@ -120,10 +113,8 @@ def test_get_templates_refusals(sim, hook, monkeypatch):
         hook.get_templates()
 
 
-def test_templates_path_override(sim, monkeypatch):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_WA019_DEFAULT", sim.connection_json(templates_path="/v2/templates/{phone}", **FAST)
-    )
+def test_templates_path_override(sim, wa019_env):
+    wa019_env(sim, templates_path="/v2/templates/{phone}", **FAST)
     with pytest.raises(WhatsAppResponseError, match="HTTP 404"):
         WhatsAppHook().get_templates("5")
     assert sim.requests[-1].path == f"/v2/templates/{sim.sender}/5"
@@ -275,10 +266,8 @@ def test_template_retries_and_errors_follow_send_message(sim, hook):
     assert not err.value.retryable
 
 
-def test_template_path_override(sim, monkeypatch):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_WA019_DEFAULT", sim.connection_json(template_path="/v2/sendTemplate", **FAST)
-    )
+def test_template_path_override(sim, wa019_env):
+    wa019_env(sim, template_path="/v2/sendTemplate", **FAST)
     with pytest.raises(WhatsAppResponseError, match="HTTP 404"):
         WhatsAppHook().send_template(CLIENT, "welcome")
     assert sim.requests[-1].path == "/v2/sendTemplate"
