@@ -41,7 +41,7 @@ from airflow_provider_wa019.validation import (
     validate_region,
 )
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+EXAMPLES = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Any Python value a templated field or a hand-written call could hand us.
 ANY_VALUE = st.one_of(
@@ -85,7 +85,7 @@ def outcome(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 # Number normalisation
 
 
-@FAST
+@EXAMPLES
 @given(value=st.one_of(ANY_VALUE, PHONE_LIKE), region=st.one_of(st.none(), st.sampled_from(REGIONS)))
 @example(value="+972 50-123-4567", region=None)
 @example(value="²²²²²²²²²", region="IL")
@@ -104,7 +104,7 @@ def test_normalize_number_returns_digits_or_a_validation_error(value, region):
         assert normalize_number(result) == result
 
 
-@FAST
+@EXAMPLES
 @given(region=st.one_of(st.text(max_size=4), ANY_VALUE))
 @example(region="zz")
 @example(region="il")
@@ -116,7 +116,7 @@ def test_validate_region_accepts_known_codes_only(region):
         assert result is None or result in phonenumbers.SUPPORTED_REGIONS
 
 
-@FAST
+@EXAMPLES
 @given(value=PHONE_LIKE, region=st.text(max_size=3))
 def test_normalize_number_with_any_region_text_raises_only_validation_errors(value, region):
     # An unknown region must be refused as such, not crash inside phonenumbers.
@@ -150,7 +150,7 @@ def decorate(draw, text: str) -> str:
     return draw(st.sampled_from(["", " ", "\t"])) + pretty + draw(st.sampled_from(["", " ", "\n"]))
 
 
-@FAST
+@EXAMPLES
 @given(data=st.data(), case=possible_numbers())
 def test_every_international_spelling_normalises_to_the_same_digits(data, case):
     e164, _number, _region = case
@@ -162,7 +162,7 @@ def test_every_international_spelling_normalises_to_the_same_digits(data, case):
         assert normalize_number(written, region=data.draw(st.sampled_from(REGIONS))) == e164
 
 
-@FAST
+@EXAMPLES
 @given(data=st.data(), case=possible_numbers())
 def test_the_local_spelling_normalises_with_its_region(data, case):
     # The documented rule: a number without country code is read in the connection's region when
@@ -194,7 +194,7 @@ def test_known_spellings_of_one_israeli_mobile(written, region):
 BLANK_GLYPHS = "\u034f\u115f\u1160\u3164\uffa0"
 
 
-@FAST
+@EXAMPLES
 @given(body=st.one_of(ANY_VALUE, st.text(min_size=MAX_BODY_CHARS - 2, max_size=MAX_BODY_CHARS + 2)))
 def test_validate_body_returns_the_text_unchanged_or_a_validation_error(body):
     result = outcome(validate_body, body)
@@ -220,7 +220,7 @@ def test_validate_body_returns_the_text_unchanged_or_a_validation_error(body):
         assert valid
 
 
-@FAST
+@EXAMPLES
 @given(value=ANY_VALUE)
 def test_validate_optional_text_is_none_a_stripped_text_or_a_validation_error(value):
     result = outcome(validate_optional_text, value, field="reply_to")
@@ -245,7 +245,7 @@ def parse(status: int, content: bytes) -> SendResult | Exception:
     return result
 
 
-@FAST
+@EXAMPLES
 @given(status=st.integers(min_value=100, max_value=599), content=st.binary(max_size=300))
 @example(status=200, content=b'{"reason": "\xc2\xb2", "unique": "x"}')
 @example(status=200, content=b'{"reason": "' + b"9" * 5000 + b'"}')
@@ -254,7 +254,7 @@ def test_any_bytes_parse_to_a_result_or_a_typed_error(status, content):
     parse(status, content)
 
 
-@FAST
+@EXAMPLES
 @given(
     body=st.one_of(
         JSON_VALUE,
@@ -286,7 +286,7 @@ def test_any_json_parses_to_a_result_or_a_typed_error(body):
         assert parsed.reason != 1
 
 
-@FAST
+@EXAMPLES
 @given(
     # A message id: printable ASCII without spaces (it is quoted back as replyTo).
     unique=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40),
@@ -317,7 +317,7 @@ def test_a_well_formed_answer_round_trips(unique, timestamp, window, as_strings)
     assert dict(result.raw) == answer
 
 
-@FAST
+@EXAMPLES
 @given(reason=st.integers(min_value=2, max_value=10**6), as_string=st.booleans())
 def test_any_refusal_keeps_its_reason(reason, as_string):
     answer = {"status": "FAIL", "reason": str(reason) if as_string else reason}
