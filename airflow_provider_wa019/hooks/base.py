@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import string
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -21,12 +22,15 @@ from urllib.parse import quote, urlsplit
 
 from airflow.providers.common.compat.sdk import BaseHook
 
+from airflow_provider_wa019.answers import MAX_SEND_ANSWER_BYTES, reason_retry_delay
 from airflow_provider_wa019.api import (
     DEFAULT_BASE_URL,
     SEND_PATH,
     TEMPLATE_PATH,
     TEMPLATES_PATH,
+    SendResult,
     WhatsAppTemplate,
+    parse_send_response,
     send_payload,
     template_payload,
 )
@@ -36,7 +40,7 @@ from airflow_provider_wa019.exceptions import (
     WhatsAppConfigError,
     WhatsAppValidationError,
 )
-from airflow_provider_wa019.masking import SecretRedactor
+from airflow_provider_wa019.masking import SecretRedactor, mask_number
 from airflow_provider_wa019.validation import (
     SPACE_OR_CONTROL,
     normalize_number,
@@ -142,6 +146,20 @@ class TemplatePlan:
     #: Templates the values must fit (the one passed as an object); empty for a bare name.
     known: list[WhatsAppTemplate]
     payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One HTTP request a send needs; the transport makes it and hands back (status, body)."""
+
+    method: str
+    url: str
+    limit: int
+    payload: dict[str, Any]
+
+
+#: What :meth:`WhatsAppHookBase._send_steps` yields: a request to make, or seconds to wait.
+SendStep = Exchange | float
 
 
 class WhatsAppHookBase(BaseHook):
@@ -272,6 +290,39 @@ class WhatsAppHookBase(BaseHook):
             path = f"{path.rstrip('/')}/{quote(str(template_id).strip(), safe='')}"
         return path
 
+    def _send_steps(self, path: str, payload: dict[str, Any]) -> Generator[SendStep, Any, SendResult]:
+        """The conversation of one send, without I/O: yields each :class:`Exchange` to make (and
+        receives its ``(status, body)``, already judged by ``answers.check_status``) or a wait in
+        seconds (receives None); returns the accepted message. Each transport drives it with its
+        own request and sleep, so both retry exactly alike: only the API's own "not sent, try
+        again" (reason 6, ``answers.reason_retry_delay``)."""
+        cfg = self.settings
+        url = cfg.base_url + path
+        masked = mask_number(payload["to"])
+        for attempt in range(1, cfg.max_attempts + 1):
+            self.log.log(
+                self.message_log_level,
+                "Sending WhatsApp message to %s (try %d of %d)",
+                masked,
+                attempt,
+                cfg.max_attempts,
+            )
+            status, body = yield Exchange("POST", url, MAX_SEND_ANSWER_BYTES, payload)
+            try:
+                result = parse_send_response(status, body, scrub=cfg.redactor.text)
+            except WhatsAppAPIError as err:
+                delay = reason_retry_delay(err, attempt, cfg)
+                if delay is None:
+                    raise
+                self.log.warning("019sms answered reason 6 (%s); trying again in %.2f s", err.meaning, delay)
+                yield delay
+                continue
+            self.log.log(
+                self.message_log_level, "WhatsApp message to %s accepted, id %s", masked, result.unique
+            )
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
     def _falls_back(self, err: WhatsAppAPIError, fallback_template: str | WhatsAppTemplate | None) -> bool:
         """Whether a refused free-form message goes out as ``fallback_template`` instead.
 
@@ -287,6 +338,12 @@ class WhatsAppHookBase(BaseHook):
 
 
 # --- connection settings ------------------------------------------------------------------------
+
+
+def environ_ca_bundle() -> str | None:
+    """The CA bundle the environment names for HTTPS (as requests reads it), or None."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
+
 
 # A character an HTTP header value cannot carry, or that no bearer token holds: controls (CR and
 # LF would split the header), whitespace, anything outside Latin-1.

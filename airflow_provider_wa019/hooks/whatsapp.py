@@ -8,7 +8,6 @@ modules the async hook (:mod:`airflow_provider_wa019.hooks.whatsapp_async`) call
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from functools import cached_property
@@ -29,7 +28,6 @@ from airflow_provider_wa019 import __version__
 from airflow_provider_wa019.answers import (
     GATEWAY_STATUSES,
     MAX_LISTING_ANSWER_BYTES,
-    MAX_SEND_ANSWER_BYTES,
     NOT_PROCESSED_STATUSES,
     READ_CHUNK,
     AnswerReader,
@@ -37,7 +35,6 @@ from airflow_provider_wa019.answers import (
     check_status,
     failure_error,
     listing_error,
-    reason_retry_delay,
     retried_by_transport,
     retry_after_seconds,
     transport_backoff,
@@ -46,7 +43,6 @@ from airflow_provider_wa019.api import (
     Reason,
     SendResult,
     WhatsAppTemplate,
-    parse_send_response,
     parse_templates_response,
 )
 from airflow_provider_wa019.constants import POOL_MAXSIZE
@@ -64,10 +60,11 @@ from airflow_provider_wa019.hooks.base import (  # noqa: F401
     DEFAULT_TIMEOUT,
     MAX_ATTEMPTS_LIMIT,
     MAX_TIMEOUT_SECONDS,
+    Exchange,
     WhatsAppHookBase,
     WhatsAppSettings,
+    environ_ca_bundle,
 )
-from airflow_provider_wa019.masking import mask_number
 
 
 class _BearerAuth(requests.auth.AuthBase):
@@ -157,7 +154,7 @@ class WhatsAppHook(WhatsAppHookBase):
         session.trust_env = False
         session.proxies.update(requests.utils.get_environ_proxies(cfg.base_url))
         session.proxies.update(cfg.proxies)
-        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        ca_bundle = environ_ca_bundle()
         if ca_bundle:
             session.verify = ca_bundle
         retry = _TransportRetry(
@@ -349,33 +346,19 @@ class WhatsAppHook(WhatsAppHookBase):
         return parse_templates_response(status, body, scrub=cfg.redactor.text)
 
     def _post_message(self, path: str, payload: dict[str, Any]) -> SendResult:
-        """POST a message payload, retrying only the API's own "not sent, try again"."""
-        cfg = self.settings
-        url = cfg.base_url + path
-        masked = mask_number(payload["to"])
-        for attempt in range(1, cfg.max_attempts + 1):
-            self.log.log(
-                self.message_log_level,
-                "Sending WhatsApp message to %s (try %d of %d)",
-                masked,
-                attempt,
-                cfg.max_attempts,
-            )
-            status, body = self._request("POST", url, limit=MAX_SEND_ANSWER_BYTES, json=payload)
-            try:
-                result = parse_send_response(status, body, scrub=cfg.redactor.text)
-            except WhatsAppAPIError as err:
-                delay = reason_retry_delay(err, attempt, cfg)
-                if delay is None:
-                    raise
-                self.log.warning("019sms answered reason 6 (%s); trying again in %.2f s", err.meaning, delay)
-                time.sleep(delay)
-                continue
-            self.log.log(
-                self.message_log_level, "WhatsApp message to %s accepted, id %s", masked, result.unique
-            )
-            return result
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+        """POST a message payload: drive the shared send conversation with requests and sleep."""
+        steps = self._send_steps(path, payload)
+        step = next(steps)
+        try:
+            while True:
+                if isinstance(step, Exchange):
+                    answer = self._request(step.method, step.url, limit=step.limit, json=step.payload)
+                    step = steps.send(answer)
+                else:
+                    time.sleep(step)
+                    step = steps.send(None)
+        except StopIteration as done:
+            return done.value
 
     def _request(self, method: str, url: str, *, limit: int, **kwargs: Any) -> tuple[int, bytes]:
         """One HTTP exchange (urllib3 retries what answers.retried_by_transport names, and failed
