@@ -37,6 +37,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_wa019.operators.whatsapp",
                     "airflow_provider_wa019.operators.bulk",
+                    "airflow_provider_wa019.operators.reply",
                 ],
             }
         ],

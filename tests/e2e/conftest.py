@@ -106,6 +106,12 @@ def sim_token() -> str:
 
 
 @pytest.fixture(scope="session")
+def webhook_secret() -> str:
+    """The connection's ``webhook_secret``: random, so a leak into any log is findable."""
+    return f"e2e-hook-{secrets.token_hex(12)}"
+
+
+@pytest.fixture(scope="session")
 def deployment(e2e_output: Path, sim_token: str) -> Iterator[Deployment]:
     """The running deployment: simulator, PostgreSQL, api-server, scheduler, dag-processor."""
     (e2e_output / "logs").mkdir(exist_ok=True)
@@ -145,7 +151,7 @@ def deployment(e2e_output: Path, sim_token: str) -> Iterator[Deployment]:
 
 
 @pytest.fixture(scope="session")
-def wa019_conn(deployment: Deployment, sim_token: str) -> dict[str, object]:
+def wa019_conn(deployment: Deployment, sim_token: str, webhook_secret: str) -> dict[str, object]:
     """``wa019_default`` created through the REST API, as a user or a deployment script would."""
     body = deployment.api.call(
         "POST",
@@ -156,7 +162,7 @@ def wa019_conn(deployment: Deployment, sim_token: str) -> dict[str, object]:
             "conn_type": "wa019",
             "host": deployment.sim_url,
             "password": sim_token,
-            "extra": json.dumps({"sender": SENDER}),
+            "extra": json.dumps({"sender": SENDER, "webhook_secret": webhook_secret}),
         },
     ).json()
     assert body["password"] == "***", "the API must never echo the token"

@@ -607,6 +607,25 @@ class AirflowAPI:
             },
         ).json()
 
+    def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
+        """Every run of ``dag_id``, oldest first."""
+        return self.get(f"/api/v2/dags/{dag_id}/dagRuns?order_by=run_after&limit=100")["dag_runs"]
+
+    def wait_parsed(self, dag_id: str, timeout: float, alive: Callable[[], None]) -> None:
+        """Wait until the dag-processor has parsed ``dag_id``; a timeout lists the import errors."""
+
+        def parsed() -> bool:
+            return self.http.get(f"{self.base_url}/api/v2/dags/{dag_id}", timeout=10).status_code == 200
+
+        wait_for(
+            parsed,
+            timeout=timeout,
+            interval=1.0,
+            what=f"the dag-processor to parse {dag_id}",
+            alive=alive,
+            on_timeout=lambda: f"import errors: {dumps(self.get('/api/v2/importErrors')['import_errors'])}",
+        )
+
     def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")
 
@@ -687,6 +706,16 @@ class SimulatorAPI:
 
     def open_window(self, number: str) -> None:
         self._json("POST", "open-window", {"number": number})
+
+    def set_webhook(self, url: str) -> None:
+        """Where the simulator delivers clients' messages (the URL configured at the platform)."""
+        self._json("POST", "webhook", {"url": url})
+
+    def client_says(self, number: str, text: str, **options: Any) -> dict[str, Any]:
+        """A client writes ``text``: the simulator opens their window and delivers the message to
+        the webhook (``times``, ``secret``, ``quote`` as in ``WhatsAppSimulator.client_says``).
+        Returns ``{"unique": ..., "deliveries": [{"status": ..., ...}, ...]}``."""
+        return self._json("POST", "client-says", {"number": number, "text": text, **options})
 
 
 def read_simulator_url(log_path: Path, proc: ManagedProcess, timeout: float = 30.0) -> str:
