@@ -140,4 +140,10 @@ line="$(grep -E "^airflow-provider-wa019[[:space:]]*\|" "$work/providers.txt" ||
 [[ -n "$line" ]] || { cat "$work/providers.txt" "$work/providers.err" >&2; fail "airflow providers list does not show airflow-provider-wa019"; }
 [[ "$line" == *"$version"* ]] || fail "airflow providers list shows '$line', expected version $version"
 echo "   airflow providers list: $(echo "$line" | tr -s ' ')"
+# The webhook plugin comes with the package (entry point airflow.plugins): nothing to configure.
+(cd "$work" && "$work/venv/bin/airflow" plugins -o json) >"$work/plugins.json" 2>"$work/plugins.err" \
+    || { cat "$work/plugins.err" >&2; fail "airflow plugins"; }
+"$work/venv/bin/python" -c 'import json, sys; names = [p["name"] for p in json.load(open(sys.argv[1]))]; sys.exit("wa019_webhook" not in names)' "$work/plugins.json" \
+    || { cat "$work/plugins.json" "$work/plugins.err" >&2; fail "airflow plugins does not list wa019_webhook"; }
+echo "   airflow plugins: wa019_webhook"
 echo "dist check passed: $(basename "$wheel") installs alone with Airflow $airflow_version and is discovered"
