@@ -1,13 +1,14 @@
-"""WhatsApp alerts from Airflow callbacks: ``on_failure_callback=send_whatsapp_notification(...)``.
+"""WhatsApp alerts from Airflow callbacks: ``on_failure_callback=send_whatsapp_notification(...)``,
+and deadline alerts on the triggerer: ``AsyncCallback(WhatsAppNotifier, kwargs={...})``.
 
 Imported by DAG files at every parse, so it imports only Airflow's task SDK; the hook (with
-requests and phonenumbers) loads when a notification is sent.
+requests and phonenumbers, or aiohttp for the awaited path) loads when a notification is sent.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseNotifier
@@ -18,7 +19,9 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_wa019.api import SendResult
+    from airflow_provider_wa019.exceptions import WhatsAppError
     from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
+    from airflow_provider_wa019.hooks.whatsapp_async import WhatsAppAsyncHook
 
 #: Used when neither ``body`` nor ``template`` is given. Written to render in any callback
 #: context: DAG-level and deadline callbacks have no ``ti``, and Airflow's Jinja is strict about
@@ -32,7 +35,10 @@ DEFAULT_BODY = (
     "{% if ti is defined and ti and ti.state %} is *{{ ti.state.value if ti.state.value is defined"
     " else ti.state }}*{% endif %}"
     "{% if run_id is defined and run_id %}\nRun: {{ run_id }}"
-    "{% elif dag_run is defined and dag_run and dag_run.run_id is defined %}\nRun: {{ dag_run.run_id }}{% endif %}"
+    "{% elif dag_run is defined and dag_run and dag_run.run_id is defined %}\nRun: {{ dag_run.run_id }}"
+    # A deadline alert's dag_run is the REST API's DAGRunResponse as JSON: its id is dag_run_id.
+    "{% elif dag_run is defined and dag_run and dag_run.dag_run_id is defined %}\nRun: {{ dag_run.dag_run_id }}"
+    "{% endif %}"
     "{% if ti is defined and ti %} (try {{ ti.try_number }}){% endif %}"
     "{% if exception is defined and exception %}\nError: {{ exception | string | truncate(300) }}{% endif %}"
     "{% if deadline is defined and deadline %}\nDeadline missed: {{ deadline.deadline_time }}{% endif %}"
@@ -64,6 +70,14 @@ class WhatsAppNotifier(BaseNotifier):
     (wrong API token)``) and the task or DAG run keeps the state it had. One hook, so one HTTP
     session, serves all recipients of one notification; a refusal that concerns the
     connection (reason 3, a missing token or sender) stops the remaining sends.
+
+    As a deadline alert (Airflow 3.1+), it runs on the triggerer, awaited::
+
+        DeadlineAlert(..., callback=AsyncCallback(WhatsAppNotifier, kwargs={"to": "+972 50-123-4567"}))
+
+    Airflow builds it with the kwargs and a simplified ``context`` (``deadline`` and
+    ``dag_run``) and awaits it: the same rendering and the same rules, sent through the async
+    hook (:meth:`async_notify`) so the triggerer's event loop is never blocked.
 
     :param to: one recipient number or a list of them (templated; a string rendering to a list
         literal or to comma-separated numbers also means several).
@@ -114,6 +128,20 @@ class WhatsAppNotifier(BaseNotifier):
         except Exception as err:
             self.log.error("WhatsApp notification not sent: %s: %s", type(err).__name__, err)
 
+    def __await__(self) -> Generator[Any, None, None]:
+        """Awaited by Airflow (the triggerer's deadline alerts): render with ``self.context``,
+        then :meth:`async_notify`; log, never raise, whatever goes wrong (rendering included).
+
+        ``BaseNotifier.__await__`` renders the template fields and hands over the awaitable of
+        :meth:`async_notify` (Task SDK 1.1 and 1.3 alike); it runs on a copy, as :meth:`__call__`.
+        Cancellation (the triggerer stopping) is not caught.
+        """
+        notifier = copy.copy(self)
+        try:
+            yield from super(WhatsAppNotifier, notifier).__await__()
+        except Exception as err:
+            self.log.error("WhatsApp notification not sent: %s: %s", type(err).__name__, err)
+
     def get_template_env(self, dag: Any = None) -> Any:
         """The DAG's Jinja environment, or Airflow's default one when the DAG cannot make one."""
         # Airflow 3.3.2's dag.test() hands DAG-level callbacks a SerializedDAG, which has no
@@ -126,40 +154,64 @@ class WhatsAppNotifier(BaseNotifier):
         """Send the rendered message to every recipient (called by ``__call__``)."""
         from airflow_provider_wa019.exceptions import WhatsAppError
         from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
-        from airflow_provider_wa019.masking import mask_number
-        from airflow_provider_wa019.outcomes import judge
-        from airflow_provider_wa019.templating import recipient_list
 
-        recipients = recipient_list(self.to)
+        recipients = self._recipients()
         if not recipients:
-            self.log.error("WhatsApp notification not sent: 'to' rendered to no recipient (%r)", self.to)
             return
         sent = 0
         try:
             with WhatsAppHook(self.wa019_conn_id) as hook:
                 for number in recipients:
-                    shown = mask_number(str(number))
                     try:
                         result, sent_as = self._send_one(hook, number)
                     except WhatsAppError as err:
-                        self.log.error("WhatsApp notification to %s not sent: %s", shown, err)
-                        # A refused token, an unusable connection: every other recipient would get
-                        # the same answer. (Reason 2 is not: from the template endpoint it may be
-                        # about the template, and one request per recipient is cheap.)
-                        if judge(err).connection_at_fault:
-                            self.log.error("Not trying the other recipients: the connection is at fault")
+                        if self._failed(number, err):
                             break
                         continue
                     sent += 1
-                    self.log.info(
-                        "WhatsApp notification sent to %s as %s, id %s", shown, sent_as, result.unique
-                    )
+                    self._sent(number, result, sent_as)
         except Exception as err:  # a bug or an unforeseen failure: still never into Airflow
             self.log.error("WhatsApp notification failed: %s: %s", type(err).__name__, err)
-        if sent < len(recipients):
-            self.log.warning("WhatsApp notification reached %d of %d recipient(s)", sent, len(recipients))
+        self._tally(sent, recipients)
 
-    def _send_one(self, hook: WhatsAppHook, number: str) -> tuple[SendResult, str]:
+    async def async_notify(self, context: Context) -> None:
+        """Send the rendered message to every recipient through the async hook (awaited by
+        ``__await__``, on the triggerer): the same messages, rules and log lines as
+        :meth:`notify`."""
+        from airflow_provider_wa019.exceptions import WhatsAppError
+        from airflow_provider_wa019.hooks.whatsapp_async import WhatsAppAsyncHook
+
+        recipients = self._recipients()
+        if not recipients:
+            return
+        sent = 0
+        try:
+            async with WhatsAppAsyncHook(self.wa019_conn_id) as hook:
+                for number in recipients:
+                    try:
+                        result, sent_as = await self._asend_one(hook, number)
+                    except WhatsAppError as err:
+                        if self._failed(number, err):
+                            break
+                        continue
+                    sent += 1
+                    self._sent(number, result, sent_as)
+        except Exception as err:  # a bug or an unforeseen failure: still never into Airflow
+            self.log.error("WhatsApp notification failed: %s: %s", type(err).__name__, err)
+        self._tally(sent, recipients)
+
+    # --- what both paths share -------------------------------------------------------------
+
+    def _recipients(self) -> list[str]:
+        from airflow_provider_wa019.templating import recipient_list
+
+        recipients = recipient_list(self.to)
+        if not recipients:
+            self.log.error("WhatsApp notification not sent: 'to' rendered to no recipient (%r)", self.to)
+        return recipients
+
+    def _message(self) -> tuple[str | None, Any]:
+        """The rendered body (cut to WhatsApp's limit) and template variables, made to fit."""
         from airflow_provider_wa019.api import MAX_BODY_CHARS, collapse_whitespace
         from airflow_provider_wa019.templating import template_variables
 
@@ -169,13 +221,52 @@ class WhatsAppNotifier(BaseNotifier):
         if isinstance(variables, (list, tuple)):
             variables = [collapse_whitespace(v) if isinstance(v, str) else v for v in variables]
         if self.body is None:
-            return hook.send_template(number, self.template, variables, sender=self.sender), "template"
+            return None, variables
         body = str(self.body)
         if len(body) > MAX_BODY_CHARS:
             body = body[: MAX_BODY_CHARS - 1] + "…"
+        return body, variables
+
+    def _send_one(self, hook: WhatsAppHook, number: str) -> tuple[SendResult, str]:
+        body, variables = self._message()
+        if body is None:
+            return hook.send_template(number, self.template, variables, sender=self.sender), "template"
         return hook.send_message_or_template(
             number, body, fallback_template=self.template, fallback_variables=variables, sender=self.sender
         )
+
+    async def _asend_one(self, hook: WhatsAppAsyncHook, number: str) -> tuple[SendResult, str]:
+        body, variables = self._message()
+        if body is None:
+            return await hook.send_template(number, self.template, variables, sender=self.sender), "template"
+        return await hook.send_message_or_template(
+            number, body, fallback_template=self.template, fallback_variables=variables, sender=self.sender
+        )
+
+    def _failed(self, number: str, err: WhatsAppError) -> bool:
+        """Log a recipient's failure; True when the others would fail alike (stop sending)."""
+        from airflow_provider_wa019.masking import mask_number
+        from airflow_provider_wa019.outcomes import judge
+
+        self.log.error("WhatsApp notification to %s not sent: %s", mask_number(str(number)), err)
+        # A refused token, an unusable connection: every other recipient would get the same
+        # answer. (Reason 2 is not: from the template endpoint it may be about the template, and
+        # one request per recipient is cheap.)
+        if judge(err).connection_at_fault:
+            self.log.error("Not trying the other recipients: the connection is at fault")
+            return True
+        return False
+
+    def _sent(self, number: str, result: SendResult, sent_as: str) -> None:
+        from airflow_provider_wa019.masking import mask_number
+
+        self.log.info(
+            "WhatsApp notification sent to %s as %s, id %s", mask_number(str(number)), sent_as, result.unique
+        )
+
+    def _tally(self, sent: int, recipients: list[str]) -> None:
+        if sent < len(recipients):
+            self.log.warning("WhatsApp notification reached %d of %d recipient(s)", sent, len(recipients))
 
 
 #: Snake-case alias, so callbacks read naturally: ``on_failure_callback=send_whatsapp_notification(...)``.
