@@ -167,12 +167,14 @@ def test_a_failing_alert_never_raises_into_the_triggerer(sim, monkeypatch, capsy
         monkeypatch.setenv("AIRFLOW_CONN_WA019_DEFAULT", json.dumps({**conn, "password": "revoked"}))
     elif case == "unreachable":
         monkeypatch.setenv(
-            "AIRFLOW_CONN_WA019_DEFAULT", sim.connection_json(**FAST).replace(sim.base_url, "http://127.0.0.1:1")
+            "AIRFLOW_CONN_WA019_DEFAULT",
+            sim.connection_json(**FAST).replace(sim.base_url, "http://127.0.0.1:1"),
         )
     elif case == "bad template":
         kwargs["body"] = "{{ dag_run.dag_id | no_such_filter }}"
     else:
-        kwargs["to"] = " , "  # (a template rendering to "" keeps its source: Airflow sets only non-empty results)
+        # (Not a template rendering to "": Airflow keeps a field's source when it renders empty.)
+        kwargs["to"] = " , "
     events = run_as_the_triggerer(kwargs)
     logs = logs_of(capsys, caplog)
     assert final_state(events) == "success", events  # the callback itself did not fail
@@ -197,7 +199,9 @@ def test_awaited_with_a_context_as_base_notifier_documents(sim):
 
 
 def test_one_notifier_awaited_twice_renders_each_time_from_its_source(sim):
-    notifier = WhatsAppNotifier(to=ON_CALL, body="{{ dag_run.dag_id }} late", context=deadline_context("first"))
+    notifier = WhatsAppNotifier(
+        to=ON_CALL, body="{{ dag_run.dag_id }} late", context=deadline_context("first")
+    )
 
     async def twice() -> None:
         await notifier
