@@ -79,6 +79,15 @@ def test_missing_token_fails_without_request(sim, wa019_env, airflow_db):
     assert sim.requests == []
 
 
+def test_the_sender_argument_is_the_account_sent_from(sim, airflow_db):
+    # Not the connection's sender: an account the API does not know refuses it (reason 2), once.
+    result = run_dag(send_dag("op_sender", sender="972779999999"))
+    assert result.tis["send"] == (FAILED, 1)
+    [request] = sim.requests
+    assert request.json["from"] == "972779999999"
+    assert request.response_json["reason"] == 2
+
+
 def test_to_and_body_are_templated_from_params_and_upstream_xcom(sim, airflow_db):
     with DAG("op_templated", schedule=None, start_date=START, params={"customer": "+972 50-123-4567"}) as dag:
 
