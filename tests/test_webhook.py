@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import textwrap
@@ -30,6 +29,7 @@ from typing import Any
 import httpx
 import pendulum
 import pytest
+from webhook_support import plugin_app, serve
 
 from airflow_provider_wa019.api import MAX_INBOUND_BYTES, InboundMessage, inbound_payload
 from airflow_provider_wa019.inbound import EXTRA_KEY, inbound_messages, inbound_uri, whatsapp_inbound
@@ -51,44 +51,6 @@ HOST = "https://019sms.co.il"
 
 
 # --- serving the app --------------------------------------------------------------------------
-
-
-def plugin_app() -> Any:
-    """The webhook app exactly as the plugin hands it to Airflow, mounted as Airflow mounts it."""
-    from fastapi import FastAPI
-
-    [entry] = WhatsAppWebhookPlugin.fastapi_apps
-    assert entry["url_prefix"] == URL_PREFIX == "/wa019"
-    parent = FastAPI()
-    parent.mount(entry["url_prefix"], entry["app"])
-    return parent
-
-
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; yields the base URL."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    config = uvicorn.Config(
-        app, log_config=None, access_log=True, proxy_headers=False, lifespan="off", ws="none"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -46,6 +46,9 @@ from airflow_provider_wa019.api import (
     parse_templates_response,
 )
 from airflow_provider_wa019.constants import POOL_MAXSIZE
+
+if TYPE_CHECKING:
+    from airflow_provider_wa019.hooks.window import WindowStatus
 from airflow_provider_wa019.exceptions import (
     WhatsAppAPIError,
     WhatsAppDeliveryUnknownError,
@@ -324,6 +327,33 @@ class WhatsAppHook(WhatsAppHookBase):
                 raise
         result = self.send_template(to, fallback_template, fallback_variables, sender=sender)
         return result, "template"
+
+    def window(self, to: str) -> WindowStatus:
+        """What the webhook has seen of client ``to``'s 24 h window for free-form messages.
+
+        Asks the api-server's webhook app (``GET /wa019/window/...``) with the connection's
+        ``webhook_secret``; the api-server is found at extra ``airflow_api_url`` or Airflow's
+        ``[api] base_url``. ``status.open`` is True/False from the latest client message the
+        webhook recorded in the last 24 h, or None when receiving is not configured or the
+        api-server cannot be asked. Sends nothing to 019sms. The API stays the authority: a
+        client who wrote before the webhook was set up is "closed" here.
+        """
+        from airflow_provider_wa019.hooks.window import WindowStatus, airflow_api_url, lookup_window
+        from airflow_provider_wa019.masking import mask_number
+        from airflow_provider_wa019.validation import normalize_number
+
+        number = normalize_number(to, field="to", region=self.settings.default_region)
+        extra = self.get_connection(self.wa019_conn_id).extra_dejson or {}
+        secret = extra.get("webhook_secret") or extra.get("extra__wa019__webhook_secret")
+        if not isinstance(secret, str) or not secret:
+            return WindowStatus(number, None, reason="receiving is off: the connection has no webhook_secret")
+        api_url = airflow_api_url(extra)
+        if api_url is None:
+            return WindowStatus(number, None, reason="the api-server's URL is unknown: set [api] base_url")
+        status = lookup_window(api_url, self.wa019_conn_id, number, secret)
+        if status.open is None:
+            self.log.info("Window of %s unknown: %s", mask_number(number), status.reason)
+        return status
 
     def get_templates(
         self, template_id: str | int | None = None, *, phone: str | None = None

@@ -62,6 +62,9 @@ class WhatsAppSendOperator(BaseOperator):
         (templated); None (or empty) for no fallback.
     :param fallback_variables: values for the fallback's ``{{1}}`` ... ``{{10}}`` (templated;
         see :class:`WhatsAppSendTemplateOperator` ``variables``).
+    :param check_window: with ``fallback_template``, first ask the webhook whether the client's
+        window is open (:meth:`WhatsAppHook.window`): when it is known closed, the template goes
+        out directly, without a refused free-form request. Unknown or open: as without.
     """
 
     template_fields: Sequence[str] = (
@@ -87,9 +90,11 @@ class WhatsAppSendOperator(BaseOperator):
         skip_on_reasons: Collection[int] = DEFAULT_SKIP_REASONS,
         fallback_template: str | None = None,
         fallback_variables: Sequence[str] | str = (),
+        check_window: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.check_window = bool(check_window)
         self.to = to
         self.body = body
         self.reply_to = reply_to
@@ -105,14 +110,21 @@ class WhatsAppSendOperator(BaseOperator):
 
         try:
             with WhatsAppHook(self.wa019_conn_id) as hook:
-                result, sent_as = hook.send_message_or_template(
-                    self.to,
-                    self.body,
-                    fallback_template=self.fallback_template,
-                    fallback_variables=template_variables(self.fallback_variables),
-                    sender=self.sender,
-                    reply_to=self.reply_to,
-                )
+                variables = template_variables(self.fallback_variables)
+                if self.check_window and self.fallback_template and hook.window(self.to).open is False:
+                    # Known closed: the template at once, no refused free-form request first.
+                    self.log.info("The client's window is closed (webhook): sending the template")
+                    result = hook.send_template(self.to, self.fallback_template, variables, sender=self.sender)
+                    sent_as = "template"
+                else:
+                    result, sent_as = hook.send_message_or_template(
+                        self.to,
+                        self.body,
+                        fallback_template=self.fallback_template,
+                        fallback_variables=variables,
+                        sender=self.sender,
+                        reply_to=self.reply_to,
+                    )
         except WhatsAppError as err:
             raise task_outcome(err, self.skip_on_reasons, log=self.log) from err
         if self.do_xcom_push:

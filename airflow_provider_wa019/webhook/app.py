@@ -17,6 +17,12 @@
 
 503 when the metadata DB or the connection look-up fails: the platform (with retries on) tries
 again later. Built only where it is served: see :mod:`airflow_provider_wa019.webhook.plugin`.
+
+``GET /wa019/window/{conn_id}/{number}``: what the webhook has seen of a client's 24 h window,
+for the hook (``WhatsAppHook.window``) on the workers: ``{"number", "last_inbound",
+"window_open", "closes_at"}``. The same 404 and 401 (header ``X-Wa019-Secret``) as the webhook;
+the IP allow-list is not applied (it names the platform's addresses, and this caller is a
+worker). Read-only. Expose only ``/wa019/webhook/`` to the internet, not this.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("airflow_provider_wa019.webhook")
 
 WEBHOOK_PATH = "/webhook/{conn_id}"
+WINDOW_PATH = "/window/{conn_id}/{number}"
 NOT_FOUND = "not found"
 
 
@@ -70,6 +77,10 @@ def create_app(settings_cache: SettingsCache | None = None) -> FastAPI:
     async def webhook(conn_id: str, request: Request) -> Response:
         return await receiver.handle(conn_id, request)
 
+    @app.get(WINDOW_PATH)
+    async def window(conn_id: str, number: str, request: Request) -> Response:
+        return await receiver.window(conn_id, number, request)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # Unknown paths and methods answer in the same shape as the webhook's own refusals.
@@ -88,7 +99,8 @@ class WebhookReceiver:
     def __repr__(self) -> str:
         return f"<WebhookReceiver {self.settings!r}>"
 
-    async def handle(self, conn_id: str, request: Request) -> Response:
+    async def _settings(self, conn_id: str) -> WebhookSettings | Response:
+        """The connection's webhook settings, or the 404/503 answer."""
         if not conn_id or len(conn_id) > MAX_CONN_ID_CHARS or "/" in conn_id:
             return _error(404, NOT_FOUND)
         found, settings = self.settings.cached(conn_id)
@@ -101,6 +113,43 @@ class WebhookReceiver:
         if settings is None:
             log.debug("webhook: connection %r does not exist or does not receive", conn_id)
             return _error(404, NOT_FOUND)
+        return settings
+
+    async def window(self, conn_id: str, number: str, request: Request) -> Response:
+        from airflow_provider_wa019.api import WINDOW_SECONDS, compact_number
+        from airflow_provider_wa019.webhook.store import latest_inbound
+
+        settings = await self._settings(conn_id)
+        if not isinstance(settings, WebhookSettings):
+            return settings
+        if not settings.secret_matches(_presented_secrets(request)):
+            return _error(401, "missing or wrong secret")
+        digits = compact_number(number).lstrip("+")
+        if not (digits.isascii() and digits.isdigit() and 6 <= len(digits) <= 15):
+            return _error(400, "not a phone number")
+        now = pendulum.now("UTC")
+        try:
+            found = await run_in_threadpool(
+                functools.partial(latest_inbound, conn_id, digits, since=now.subtract(seconds=WINDOW_SECONDS))
+            )
+        except Exception:
+            log.exception("webhook %r: could not read the window of %s", conn_id, mask_number(digits))
+            return _error(503, "the window could not be read, try again")
+        last = pendulum.parse(found["timestamp"]) if found else None
+        closes = last.add(seconds=WINDOW_SECONDS) if last is not None else None  # type: ignore[union-attr]
+        return JSONResponse(
+            {
+                "number": digits,
+                "last_inbound": last.isoformat() if last is not None else None,  # type: ignore[union-attr]
+                "window_open": closes is not None and now < closes,
+                "closes_at": closes.isoformat() if closes is not None else None,
+            }
+        )
+
+    async def handle(self, conn_id: str, request: Request) -> Response:
+        settings = await self._settings(conn_id)
+        if not isinstance(settings, WebhookSettings):
+            return settings
 
         peer = request.client.host if request.client else None
         client = settings.client_address(peer, request.headers.getlist("x-forwarded-for"))

@@ -194,3 +194,29 @@ def dedup_query(asset_id: int, unique: str, *, since: datetime, dialect: str | N
 
 #: The dialects whose JSON column reads as its JSON text, and their substring-position function.
 _SUBSTRING_FUNCTIONS = {"sqlite": "instr", "postgresql": "strpos"}
+
+
+def latest_inbound(conn_id: str, number: str, *, since: datetime) -> dict[str, Any] | None:
+    """The newest message (``InboundMessage.to_dict`` form) client ``number`` sent to connection
+    ``conn_id`` that was recorded since ``since``, or None. Read-only.
+
+    Bounded like the de-duplication: the ``(asset_id, timestamp)`` index limits the scan to the
+    window's events, and a substring test skips the ones that cannot be this client's.
+    """
+    uri = inbound_uri(conn_id)
+    with create_session() as session:
+        asset = _find_asset(session, uri, uri)
+        if asset is None:
+            return None
+        dialect = session.get_bind().dialect.name
+        sender = sa.type_coerce(AssetEvent.extra, sa.JSON)[(EXTRA_KEY, "sender")].as_string()
+        conditions = [AssetEvent.asset_id == asset.id, AssetEvent.timestamp >= since]
+        substring = _SUBSTRING_FUNCTIONS.get(dialect)
+        if substring is not None:  # digits only: written as is in the JSON text
+            conditions.append(getattr(sa.func, substring)(sa.cast(AssetEvent.extra, sa.Text), number) > 0)
+        conditions.append(sender == number)
+        extra = session.scalar(
+            sa.select(AssetEvent.extra).where(*conditions).order_by(AssetEvent.timestamp.desc()).limit(1)
+        )
+    data = (extra or {}).get(EXTRA_KEY) if isinstance(extra, dict) else None
+    return data if isinstance(data, dict) else None
