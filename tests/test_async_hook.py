@@ -366,6 +366,18 @@ def test_the_connection_is_read_once_through_the_async_lookup(sim, monkeypatch):
         assert calls["aget"] == 0
 
 
+def test_one_hook_serves_one_event_loop_after_another(sim):
+    hook = WhatsAppAsyncHook()
+
+    async def send_and_close(text: str):
+        async with hook:  # closes this loop's session; the settings stay read
+            return await hook.send_message(CLIENT, text)
+
+    assert run(send_and_close("first loop")).unique
+    assert run(send_and_close("second loop")).unique  # a new session on the new loop
+    assert [m["body"] for m in sim.sent] == ["first loop", "second loop"]
+
+
 def test_sync_settings_work_without_an_event_loop(sim):
     hook = WhatsAppAsyncHook(timeout=(0.2, 0.4), max_attempts=2)
     assert hook.settings.timeout == (0.2, 0.4)

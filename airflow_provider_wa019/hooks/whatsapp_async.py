@@ -79,6 +79,7 @@ class WhatsAppAsyncHook(WhatsAppHookBase):
     ) -> None:
         super().__init__(wa019_conn_id, timeout=timeout, max_attempts=max_attempts)
         self._client: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._proxy: str | None = None
 
     # --- connection ------------------------------------------------------------------------
@@ -103,10 +104,12 @@ class WhatsAppAsyncHook(WhatsAppHookBase):
         return self.__dict__["settings"]
 
     async def get_conn(self) -> aiohttp.ClientSession:
-        """The hook's one HTTP session, made on first use (on the running event loop)."""
+        """The hook's one HTTP session, made on first use on the running event loop (a hook used
+        from another loop later gets a new one: an aiohttp session serves only its own loop)."""
         cfg = await self.aget_settings()
-        if self._client is None or self._client.closed:
-            self._client = self._new_client(cfg)
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client.closed or self._loop is not loop:
+            self._client, self._loop = self._new_client(cfg), loop
         return self._client
 
     def _new_client(self, cfg: WhatsAppSettings) -> aiohttp.ClientSession:
@@ -137,9 +140,9 @@ class WhatsAppAsyncHook(WhatsAppHookBase):
         )
 
     async def close(self) -> None:
-        """Release the session's pooled connections."""
+        """Release the session's pooled connections (on the loop that made it)."""
         client, self._client = self._client, None
-        if client is not None and not client.closed:
+        if client is not None and not client.closed and self._loop is asyncio.get_running_loop():
             await client.close()
 
     async def __aenter__(self) -> WhatsAppAsyncHook:
