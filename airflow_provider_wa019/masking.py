@@ -36,13 +36,34 @@ def _case_free(hex_digit: str) -> bytes:
     return f"[{hex_digit.lower()}{hex_digit.upper()}]".encode()
 
 
+def _base64_cores(secret: bytes) -> list[bytes]:
+    """The parts of ``secret``'s base64 (standard and URL-safe) that are the same wherever it
+    sits in a longer base64 text (``base64("Bearer " + token)``): one per alignment, without the
+    characters that also depend on its neighbours."""
+    import base64
+
+    cores = set()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + secret)
+        # Characters fully inside the secret's bits: from the first whole 6-bit group after the
+        # offset to the last one before the end (or padding).
+        start = -(-offset * 8 // 6)  # ceil(offset * 8 / 6)
+        end = (offset + len(secret)) * 8 // 6
+        core = encoded[start:end]
+        if len(core) >= 8:  # shorter could match unrelated base64 text
+            cores.add(core)
+            cores.add(core.replace(b"+", b"-").replace(b"/", b"_"))
+    return sorted(cores)
+
+
 class SecretRedactor:
     """Blanks one secret (the API token) in bytes and text, in every spelling an echo can take.
 
     An answer that echoes the ``Authorization`` header (a gateway's debug page, a "bad request"
     quoting it) would carry the token into errors, logs and XCom. The raw bytes are blanked in
-    any JSON- or percent-escaped spelling before they are decoded, and every decoded string again
-    afterwards (:meth:`text`).
+    any JSON- or percent-escaped spelling, and inside base64 text (an echoed Basic or Bearer
+    header, encoded), before they are decoded, and every decoded string again afterwards
+    (:meth:`text`).
     """
 
     MASK = "***"
@@ -51,18 +72,28 @@ class SecretRedactor:
         if not secret:
             raise ValueError("nothing to redact")
         self._secret = secret
-        self._raw = re.compile(b"".join(b"(?:" + b"|".join(_spellings(c)) + b")" for c in secret))
+        escaped = b"".join(b"(?:" + b"|".join(_spellings(c)) + b")" for c in secret)
+        cores = [re.escape(core) for core in _base64_cores(secret.encode("utf-8"))]
+        self._raw = re.compile(b"|".join([escaped, *cores]))
+        self._text_cores = [core.decode() for core in _base64_cores(secret.encode("utf-8"))]
 
     def __repr__(self) -> str:
         return "<SecretRedactor ***>"
 
     def bytes(self, data: bytes) -> bytes:
-        """``data`` with the secret blanked in any raw, JSON-escaped or percent-escaped spelling."""
+        """``data`` with the secret blanked in any raw, JSON-escaped or percent-escaped spelling,
+        and inside base64 text."""
         return self._raw.sub(self.MASK.encode(), data)
 
     def text(self, value: str) -> str:
-        """``value`` with the secret blanked (a decoded string: escapes are already resolved)."""
-        return value.replace(self._secret, self.MASK) if self._secret in value else value
+        """``value`` with the secret blanked, as is or inside base64 text (a decoded string:
+        escapes are already resolved)."""
+        if self._secret in value:
+            value = value.replace(self._secret, self.MASK)
+        for core in self._text_cores:
+            if core in value:
+                value = value.replace(core, self.MASK)
+        return value
 
 
 def mask_number(number: str) -> str:

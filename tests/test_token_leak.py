@@ -440,6 +440,8 @@ ECHOES = {
     "unicode escapes": '"echo":"Bearer ' + "".join(f"\\u{ord(c):04X}" for c in TOKEN) + '"',
     "percent-encoded": f'"echo":"Authorization=Bearer%20{quote(TOKEN, safe="")}"',
     "raw": f'"echo":"Bearer {TOKEN}"',
+    "base64 of the header": f'"echo":"{base64.b64encode(f"Bearer {TOKEN}".encode()).decode()}"',
+    "base64url of the token": f'"echo":"{base64.urlsafe_b64encode(TOKEN.encode()).decode()}"',
 }
 
 
