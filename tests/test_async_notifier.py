@@ -245,3 +245,19 @@ def test_cancellation_is_not_swallowed(monkeypatch):
 
 async def _await(notifier: WhatsAppNotifier) -> None:
     await notifier
+
+
+def test_airflow_accepts_it_as_an_async_deadline_callback():
+    from datetime import timedelta
+
+    from airflow.sdk import DAG
+    from airflow.sdk.definitions.deadline import AsyncCallback, DeadlineAlert, DeadlineReference
+
+    callback = AsyncCallback(WhatsAppNotifier, kwargs={"to": ON_CALL, "body": "{{ dag_run.dag_id }} is late"})
+    assert callback.path == NOTIFIER
+    alert = DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(minutes=30), callback=callback
+    )
+    with DAG("wa019_deadline_alert", schedule=None, start_date=DEADLINE, deadline=alert) as dag:
+        pass
+    assert dag.deadline
