@@ -66,60 +66,32 @@ class WhatsAppBulkSendOperator(BaseOperator):
     """Send one message to many recipients in one task: bounded concurrency and rate, an outcome
     per recipient, and no duplicates across the task's retries and clears.
 
-    ``recipients`` is a list (literal, or an upstream task's XCom) of numbers or of dicts holding a
-    ``to`` number and any other values. The message is either
+    ::
 
-    * ``body``: a Jinja template (or a ``.txt``/``.j2`` template file) rendered once per recipient
-      with the task's Airflow context plus the recipient's own values as top-level names::
+        WhatsAppBulkSendOperator(
+            task_id="notify",
+            recipients=shipped_orders(),   # [{"to": "+972501234567", "name": "Dana", "order": "A-7"}, ...]
+            body="Hi {{ name }}, order {{ order }} shipped ({{ ds }}).",
+        )
 
-          WhatsAppBulkSendOperator(
-              task_id="notify",
-              recipients=shipped_orders(),   # [{"to": "+972501234567", "name": "Dana", "order": "A-7"}, ...]
-              body="Hi {{ name }}, order {{ order }} shipped ({{ ds }}).",
-          )
+    The message is ``body`` (rendered per recipient with the task context plus the recipient's
+    values) or an approved ``template`` with per-recipient ``variables``. XCom ``return_value``
+    is the summary ``{"total", "sent", "skipped", "failed", "invalid", "unknown"}``, XCom
+    ``results`` one ``{"status", "unique", "reason", "error"}`` per number.
 
-    * or ``template`` (an approved template's name) with ``variables`` (Jinja strings rendered per
-      recipient the same way, e.g. ``["{{ name }}", "{{ order }}"]``) and optional
-      ``header_type``/``header_link`` (the link is rendered per recipient too).
+    Outcome, after every recipient was tried:
 
-    Every message follows the single send's rules (validation, the hook's retries of reason 6
-    and of unanswered connects, reason codes). Requests go over one HTTP connection pool, at
-    most ``max_concurrency`` at a time and at most ``rate_per_second`` started in any one-second
-    window. A progress line (``sent 1200/5000, failed 3, 180 msg/s, ~21 s left``) is logged every
-    ``progress_interval`` seconds; recipients are masked in the log.
+    * retried (``retries`` apply; the next try sends only to recipients not confirmed) on reason
+      6, an unreachable API or an unknown delivery;
+    * failed without retry over ``max_failure_ratio``, on a refused token or unusable connection
+      (the bulk stops at once), or on answers that are not the API's JSON;
+    * skipped when every recipient was skipped (``skip_on_reasons``, default 7 and 8);
+    * success otherwise.
 
-    XCom ``return_value`` is the summary ``{"total", "sent", "skipped": {reason: n}, "failed":
-    {reason: n}, "invalid", "unknown"}`` and XCom ``results`` maps each full number to
-    ``{"status", "unique", "reason", "error"}`` (pushed also when the task fails or is skipped).
-    Reasons are text keys (``"7"``); failures without an API reason are ``"unreachable"``,
-    ``"config"``, ``"bad_response"`` or ``"not_sent"`` (never attempted: the bulk stopped).
-
-    The task, after every recipient was tried:
-
-    * is retried (its ``retries`` apply) when some recipient got reason 6 after the hook's
-      retries, the API was unreachable, or delivery is unknown (read timeout, HTTP 500): the next
-      try sends only to recipients not confirmed yet;
-    * fails without retry when (failed + invalid) / total exceeds ``max_failure_ratio``, when the
-      API refused the token or the connection is unusable (the bulk then stops at once), or when
-      an answer was not the API's JSON (delivery unknown; a single send is not retried then either);
-    * is skipped when every recipient was skipped (``skip_on_reasons``, by default 7 and 8: the
-      24 h window is closed, a template is needed);
-    * succeeds otherwise (an empty list included).
-
-    No duplicates across tries: confirmed recipients are written to a progress ledger that
-    belongs to this task instance (dag, run, task and map index, never the try number), in
-    batches about once a second and when a try ends. It is kept in Airflow Variables
-    (``wa019_bulk.<id>.<n>``, written through the Task SDK on every supported Airflow), not in
-    ``task_state_store``: Airflow deletes task state on success under ``[state_store]
-    clear_on_success`` and, in coming releases, when a task instance is cleared, and a clear is
-    exactly when the ledger is needed. So a retry, a cleared and re-run task, or one marked
-    successful and then cleared, never sends to a confirmed recipient again, for
-    ``ledger_retention`` (30 days) after the task's last try started; later bulk sends delete
-    expired ledgers. To send again on purpose, start a new dag run, or set
-    ``resend_confirmed=True`` (each clear then sends to everyone again; retries still do not).
-    Recipients whose delivery is unknown are sent again by the next try (at least once) unless
-    ``resend_unknown=False`` (at most once: they are claimed in the ledger before sending, and
-    reported, never re-sent). The README explains the remaining window of a hard kill.
+    Confirmed recipients are kept in a progress ledger of this task instance, in Airflow
+    Variables, which no clear, ``clear_on_success`` or mark-success erases: see the README,
+    "Bulk sends" and "No duplicates across retries and clears", for the ledger, its retention
+    and what a hard kill can cause.
 
     :param recipients: numbers, or dicts with ``to`` and values (templated: an XComArg or Jinja).
         A Jinja string such as ``"{{ params.lst }}"`` or an ``xcom_pull`` renders to text: that

@@ -42,10 +42,12 @@ class WhatsAppSendOperator(BaseOperator):
     * a reason in ``skip_on_reasons`` (default 7 and 8: the client's 24 h window is closed, a
       template is needed): skipped;
     * reason 6 ("WhatsApp error, try again") after the hook's own retries, rate limits, an
-      unreachable API, or a delivery left unknown (read timeout, HTTP 500): failed with the
-      task's ``retries`` applying;
+      unreachable API, or a delivery left unknown (read timeout, HTTP 500/502/504): failed with
+      the task's ``retries`` applying;
     * any other reason (wrong sender, token, number or body, or a code the vendor does not
       document), invalid arguments, and unexpected answers: failed without retry.
+
+    The README's "What each answer does to the task" has the whole table.
 
     With ``fallback_template``, a refusal with reason 7 or 8 sends that approved template to the
     same recipient instead, in the same task try (``skip_on_reasons`` then never sees 7 or 8);
