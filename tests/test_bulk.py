@@ -421,9 +421,10 @@ def test_rate_limit_holds_in_every_sliding_second(sim, airflow_db):
     arrivals = sorted(r.received_at.timestamp() for r in sim.requests_to(SEND_PATH))
     assert len(arrivals) == count
     # Sends start at most `rate` per sliding second on the client; the simulator stamps arrivals
-    # a little later, by a varying delay. Windows of 0.9 s leave 100 ms for that jitter, and still
-    # catch a per-calendar-second limiter (two bursts back to back) or none at all.
-    busiest = max(sum(1 for t in arrivals[i:] if t - start < 0.9) for i, start in enumerate(arrivals))
+    # later, by a delay that varies more on a loaded machine (new connections, thread start-up).
+    # Windows of 0.7 s leave 300 ms for that jitter, and still catch a per-calendar-second
+    # limiter (two bursts back to back, a few ms apart) or none at all (all 25 at once).
+    busiest = max(sum(1 for t in arrivals[i:] if t - start < 0.7) for i, start in enumerate(arrivals))
     assert busiest <= rate
     # And the limit is a limit, not a stall: 25 sends at 10/s take 2 s (two full windows).
     assert 1.8 <= arrivals[-1] - arrivals[0] < 4

@@ -52,7 +52,9 @@ CLEAR_ON_SUCCESS = "AIRFLOW__STATE_STORE__CLEAR_ON_SUCCESS"
 
 @pytest.fixture
 def sim(make_sim) -> WhatsAppSimulator:
-    return make_sim()
+    # A generous read timeout: no test here delays an answer, and on a loaded 2-core machine a
+    # 0.5 s one turned an ordinary send into "delivery unknown", sent again by design.
+    return make_sim(timeout=[0.3, 5])
 
 
 def numbers(count: int, prefix: str = "97252") -> list[str]:
