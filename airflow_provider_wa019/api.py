@@ -258,7 +258,7 @@ def parse_inbound(data: Any, *, received_at: DateTime | None = None) -> InboundM
     unique = data["unique"]
     if isinstance(unique, bool) or not isinstance(unique, (str, int)) or not _UNIQUE_RE.fullmatch(str(unique)):
         raise InboundError(f"'unique' is not a message id (1 to {MAX_UNIQUE_CHARS} characters, no spaces)")
-    sender = _digits(data["from"])
+    sender = international_digits(data["from"])
     if sender is None:
         raise InboundError("'from' is not a phone number")
     kind = data["type"]
@@ -268,7 +268,7 @@ def parse_inbound(data: Any, *, received_at: DateTime | None = None) -> InboundM
     return InboundMessage(
         unique=str(unique),
         sender=sender,
-        to=_digits(data.get("to")),
+        to=international_digits(data.get("to")),
         type=kind.strip(),
         body=_text_field(data.get("body")),
         caption=_text_field(data.get("caption")),
@@ -316,8 +316,10 @@ def inbound_payload(
     }
 
 
-def _digits(value: Any) -> str | None:
-    # The platform writes numbers as international digits; accept the spellings people use too.
+def international_digits(value: Any) -> str | None:
+    """``value`` as international digits when it reads as one (``"+972 50-123-4567"`` ->
+    ``"972501234567"``), else None. The platform writes numbers so; the spellings people use are
+    accepted too. No region, no phonenumbers: for what the platform and its clients send."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return None
     digits = compact_number(str(value)).lstrip("+")

@@ -73,9 +73,9 @@ class SecretRedactor:
             raise ValueError("nothing to redact")
         self._secret = secret
         escaped = b"".join(b"(?:" + b"|".join(_spellings(c)) + b")" for c in secret)
-        cores = [re.escape(core) for core in _base64_cores(secret.encode("utf-8"))]
-        self._raw = re.compile(b"|".join([escaped, *cores]))
-        self._text_cores = [core.decode() for core in _base64_cores(secret.encode("utf-8"))]
+        cores = _base64_cores(secret.encode("utf-8"))
+        self._raw = re.compile(b"|".join([escaped, *(re.escape(core) for core in cores)]))
+        self._text_cores = [core.decode() for core in cores]
 
     def __repr__(self) -> str:
         return "<SecretRedactor ***>"

@@ -14,6 +14,8 @@ import functools
 import socket
 import threading
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 OK_ANSWER = '{"status":"OK","reason":1,"unique":"m-1","to":"972501234567"}'
@@ -131,3 +133,39 @@ class GatewayServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+@contextmanager
+def canned_server(
+    head: bytes, chunks: Iterator[bytes], pause: float = 0.0
+) -> Iterator[tuple[str, list[int]]]:
+    """Answers one request with ``head`` and then the chunks, ``pause`` s apart. Yields the base
+    URL and a list holding how many chunks it managed to send."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    sent = [0]
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = sock.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            try:
+                conn.sendall(head)
+                for chunk in chunks:
+                    if pause and stop.wait(pause):
+                        return
+                    conn.sendall(chunk)
+                    sent[0] += 1
+            except OSError:  # the client stopped reading: what we want
+                return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", sent
+    finally:
+        stop.set()
+        sock.close()
+        thread.join(timeout=10)

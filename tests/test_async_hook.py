@@ -20,22 +20,19 @@ import asyncio
 import json
 import logging
 import re
-import socket
 import subprocess
 import sys
-import threading
 import time
 import traceback
 import tracemalloc
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from urllib.parse import quote
 
 import pytest
 from airflow import __version__ as airflow_version
 from airflow_support import FAST, WA019_CONN_ID, set_connection_env
 from fault_rows import CLIENT, MATRIX, connect, fault_server, settled_count
+from fault_support import canned_server, gzip_bomb
 
 from airflow_provider_wa019.api import WhatsAppTemplate
 from airflow_provider_wa019.exceptions import (
@@ -491,50 +488,6 @@ def test_the_token_is_in_no_repr_error_or_log(make_sim, wa019_env, caplog, capsy
 # 6. Bounded answers
 
 
-@contextmanager
-def canned_server(
-    head: bytes, chunks: Iterator[bytes], pause: float = 0.0
-) -> Iterator[tuple[str, list[int]]]:
-    """Answers one request with ``head`` and then the chunks, ``pause`` s apart. Yields the base
-    URL and a list holding how many chunks it managed to send."""
-    sock = socket.create_server(("127.0.0.1", 0))
-    sent = [0]
-    stop = threading.Event()
-
-    def serve() -> None:
-        conn, _ = sock.accept()
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(65536)
-            try:
-                conn.sendall(head)
-                for chunk in chunks:
-                    if pause and stop.wait(pause):
-                        return
-                    conn.sendall(chunk)
-                    sent[0] += 1
-            except OSError:  # the client stopped reading: what we want
-                return
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", sent
-    finally:
-        stop.set()
-        sock.close()
-        thread.join(timeout=10)
-
-
-def gzip_stream(size: int) -> Iterator[bytes]:
-    compressor = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
-    block = b"0" * 1_000_000
-    for _ in range(size // len(block)):
-        yield compressor.compress(block)
-    yield compressor.flush()
-
-
 def measured_send() -> tuple[BaseException, int]:
     async def go():
         async with WhatsAppAsyncHook() as hook:
@@ -555,7 +508,7 @@ def measured_send() -> tuple[BaseException, int]:
 @pytest.mark.parametrize("kind", ["gzip bomb", "100 MB body", "deflate bomb"])
 def test_a_huge_answer_is_never_held_in_memory(wa019_env, kind):
     if kind == "gzip bomb":  # ~200 KB on the wire, 200 MB inflated
-        chunks = list(gzip_stream(200_000_000))
+        chunks = [gzip_bomb()]  # the fault matrix's, made once per process
         head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % sum(
             map(len, chunks)
         )

@@ -22,13 +22,13 @@ import threading
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
-from uuid import UUID
 
 import pendulum
 import pytest
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 from airflow.sdk import DAG, task
 from airflow_support import run_dag
+from ledger_support import run_cleared_task
 
 from airflow_provider_wa019.api import SEND_PATH, TEMPLATE_PATH
 from airflow_provider_wa019.bulk import (
@@ -349,14 +349,12 @@ def clear_and_rerun(dag: DAG, run_id: str, task_id: str) -> str:
     """Clear a finished task instance as a user would, then run its next try in-process.
 
     ``dag.test()`` cannot do this: it replaces the whole dag run. Here the run stays; the task
-    instance is cleared with Airflow's own ``clear_task_instances`` and run with the task SDK's
-    in-process supervisor.
+    instance is cleared with Airflow's own ``clear_task_instances`` and its next try run by
+    ``ledger_support.run_cleared_task``.
     """
     from airflow.models.taskinstance import TaskInstance, clear_task_instances
-    from airflow.sdk.api.datamodels._generated import TaskInstance as SdkTaskInstance
-    from airflow.sdk.execution_time.supervisor import run_task_in_process
     from airflow.utils.session import create_session
-    from airflow.utils.state import DagRunState, TaskInstanceState
+    from airflow.utils.state import DagRunState
     from sqlalchemy import select
 
     query = select(TaskInstance).where(
@@ -364,20 +362,7 @@ def clear_and_rerun(dag: DAG, run_id: str, task_id: str) -> str:
     )
     with create_session() as session:
         clear_task_instances(session.scalars(query).all(), session, dag_run_state=DagRunState.RUNNING)
-    with create_session() as session:
-        ti = session.scalars(query).one()
-        ti.try_number += 1  # what the scheduler does when it queues the cleared task
-        ti.state = TaskInstanceState.QUEUED
-        sdk_ti = SdkTaskInstance(
-            id=UUID(str(ti.id)),
-            task_id=ti.task_id,
-            dag_id=ti.dag_id,
-            run_id=ti.run_id,
-            try_number=ti.try_number,
-            map_index=ti.map_index,
-            dag_version_id=UUID(str(ti.dag_version_id)),
-        )
-    return run_task_in_process(ti=sdk_ti, task=dag.get_task(task_id)).state
+    return run_cleared_task(dag, run_id, task_id)
 
 
 def test_airflow_retries_apply_on_every_version_and_never_resend_to_the_confirmed(sim, airflow_db):

@@ -14,11 +14,8 @@ from __future__ import annotations
 import copy
 import json
 import pickle
-import socket
-import threading
 import tracemalloc
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pendulum
 import phonenumbers
@@ -26,7 +23,7 @@ import pytest
 from airflow import __version__ as airflow_version
 from airflow.sdk import DAG, task
 from airflow_support import FAST, WA019_CONN_ID, run_dag, set_connection_env
-from fault_support import gzip_bomb
+from fault_support import canned_server, gzip_bomb
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -233,68 +230,6 @@ def test_a_large_template_listing_is_read_whole(sim, hook):
     assert len(hook.get_templates()) == 151
 
 
-@contextmanager
-def trickling_server(total: int = 200, pause: float = 0.1) -> Iterator[tuple[str, list[int]]]:
-    """Answers 200 at once, then its body one byte every ``pause`` seconds. Yields the base URL
-    and a list holding how many body bytes it managed to send."""
-    sock = socket.create_server(("127.0.0.1", 0))
-    sent = [0]
-    stop = threading.Event()
-
-    def serve() -> None:
-        conn, _ = sock.accept()
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(65536)
-            body = (b'{"status":"OK","reason":1,"unique":"m-1","pad":"' + b"x" * total)[:total]
-            conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n".encode())
-            try:
-                for byte in body:
-                    if stop.wait(pause):
-                        return
-                    conn.sendall(bytes([byte]))
-                    sent[0] += 1
-            except OSError:
-                return
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", sent
-    finally:
-        stop.set()
-        sock.close()
-        thread.join(timeout=5)
-
-
-@contextmanager
-def canned_server(head: bytes, body_chunks: Iterator[bytes]) -> Iterator[str]:
-    """Answers one request with ``head`` and then the chunks (a big body without holding it)."""
-    sock = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        conn, _ = sock.accept()
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(65536)
-            try:
-                conn.sendall(head)
-                for chunk in body_chunks:
-                    conn.sendall(chunk)
-            except OSError:  # the client stopped reading: what we want
-                return
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        sock.close()
-        thread.join(timeout=10)
-
-
 @pytest.mark.parametrize("kind", ["gzip bomb", "100 MB body"])
 def test_a_huge_answer_is_never_held_in_memory(wa019_env, kind):
     if kind == "gzip bomb":  # ~200 KB on the wire, 200 MB inflated
@@ -306,7 +241,7 @@ def test_a_huge_answer_is_never_held_in_memory(wa019_env, kind):
     else:
         head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n"
         body = (b"x" * 1_000_000 for _ in range(100))
-    with canned_server(head, body) as base_url:
+    with canned_server(head, body) as (base_url, _):
         wa019_env(host=base_url, password=TOKEN, sender="972771234567", **FAST)
         with WhatsAppHook() as hook:
             hook.settings  # noqa: B018 - connection parsing is not what is measured
@@ -321,7 +256,10 @@ def test_a_huge_answer_is_never_held_in_memory(wa019_env, kind):
 
 
 def test_a_trickling_answer_cannot_outlast_the_read_timeout(wa019_env):
-    with trickling_server() as (base_url, sent):
+    # 200 OK at once, then its 200-byte body one byte every 0.1 s.
+    body = (b'{"status":"OK","reason":1,"unique":"m-1","pad":"' + b"x" * 200)[:200]
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\n"
+    with canned_server(head, (bytes([b]) for b in body), pause=0.1) as (base_url, sent):
         wa019_env(host=base_url, password=TOKEN, sender="972771234567", **FAST)
         with (
             WhatsAppHook() as hook,

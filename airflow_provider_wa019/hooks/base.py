@@ -82,6 +82,10 @@ class WhatsAppSettings:
     max_retry_wait: float
     #: Blanks the token in answers (every spelling); built once with the settings.
     redactor: SecretRedactor = field(repr=False)
+    #: The receiving side (``webhook_secret``, ``airflow_api_url``), for ``WhatsAppHook.window``;
+    #: None when unset. Not checked here: sending never depends on them.
+    webhook_secret: Any = field(repr=False, default=None)
+    airflow_api_url: Any = None
 
 
 def read_settings(
@@ -133,6 +137,8 @@ def read_settings(
         backoff_factor=opt.number("backoff_factor", DEFAULT_BACKOFF_FACTOR, 0, MAX_TIMEOUT_SECONDS),
         max_retry_wait=opt.number("max_retry_wait", DEFAULT_MAX_RETRY_WAIT, 0, MAX_TIMEOUT_SECONDS),
         redactor=SecretRedactor(token),
+        webhook_secret=opt.get("webhook_secret", object),
+        airflow_api_url=opt.get("airflow_api_url", object),
     )
 
 

@@ -342,12 +342,12 @@ class WhatsAppHook(WhatsAppHookBase):
         from airflow_provider_wa019.masking import mask_number
         from airflow_provider_wa019.validation import normalize_number
 
-        number = normalize_number(to, field="to", region=self.settings.default_region)
-        extra = self.get_connection(self.wa019_conn_id).extra_dejson or {}
-        secret = extra.get("webhook_secret") or extra.get("extra__wa019__webhook_secret")
+        cfg = self.settings
+        number = normalize_number(to, field="to", region=cfg.default_region)
+        secret = cfg.webhook_secret
         if not isinstance(secret, str) or not secret:
             return WindowStatus(number, None, reason="receiving is off: the connection has no webhook_secret")
-        api_url = airflow_api_url(extra)
+        api_url = airflow_api_url(cfg.airflow_api_url)
         if api_url is None:
             return WindowStatus(number, None, reason="the api-server's URL is unknown: set [api] base_url")
         status = lookup_window(api_url, self.wa019_conn_id, number, secret)

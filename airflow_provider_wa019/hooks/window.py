@@ -41,12 +41,11 @@ class WindowStatus:
     reason: str | None = None
 
 
-def airflow_api_url(extra: dict[str, Any]) -> str | None:
-    """Where the api-server is: extra ``airflow_api_url``, else Airflow's ``[api] base_url``, else
-    the Execution API's URL without its ``/execution/`` path."""
-    url = extra.get("airflow_api_url")
-    if isinstance(url, str) and url.strip():
-        return url.strip().rstrip("/")
+def airflow_api_url(configured: Any = None) -> str | None:
+    """Where the api-server is: ``configured`` (the extra ``airflow_api_url``), else Airflow's
+    ``[api] base_url``, else the Execution API's URL without its ``/execution/`` path."""
+    if isinstance(configured, str) and configured.strip():
+        return configured.strip().rstrip("/")
     try:
         from airflow.configuration import conf
     except ImportError:  # pragma: no cover - Airflow is a dependency

@@ -160,10 +160,11 @@ class WhatsAppNotifier(BaseNotifier):
             return
         sent = 0
         try:
+            body, variables = self._message()  # the same for every recipient
             with WhatsAppHook(self.wa019_conn_id) as hook:
                 for number in recipients:
                     try:
-                        result, sent_as = self._send_one(hook, number)
+                        result, sent_as = self._send_one(hook, number, body, variables)
                     except WhatsAppError as err:
                         if self._failed(number, err):
                             break
@@ -186,10 +187,11 @@ class WhatsAppNotifier(BaseNotifier):
             return
         sent = 0
         try:
+            body, variables = self._message()  # the same for every recipient
             async with WhatsAppAsyncHook(self.wa019_conn_id) as hook:
                 for number in recipients:
                     try:
-                        result, sent_as = await self._asend_one(hook, number)
+                        result, sent_as = await self._asend_one(hook, number, body, variables)
                     except WhatsAppError as err:
                         if self._failed(number, err):
                             break
@@ -227,16 +229,18 @@ class WhatsAppNotifier(BaseNotifier):
             body = body[: MAX_BODY_CHARS - 1] + "…"
         return body, variables
 
-    def _send_one(self, hook: WhatsAppHook, number: str) -> tuple[SendResult, str]:
-        body, variables = self._message()
+    def _send_one(
+        self, hook: WhatsAppHook, number: str, body: str | None, variables: Any
+    ) -> tuple[SendResult, str]:
         if body is None:
             return hook.send_template(number, self.template, variables, sender=self.sender), "template"
         return hook.send_message_or_template(
             number, body, fallback_template=self.template, fallback_variables=variables, sender=self.sender
         )
 
-    async def _asend_one(self, hook: WhatsAppAsyncHook, number: str) -> tuple[SendResult, str]:
-        body, variables = self._message()
+    async def _asend_one(
+        self, hook: WhatsAppAsyncHook, number: str, body: str | None, variables: Any
+    ) -> tuple[SendResult, str]:
         if body is None:
             return await hook.send_template(number, self.template, variables, sender=self.sender), "template"
         return await hook.send_message_or_template(

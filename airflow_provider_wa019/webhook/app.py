@@ -116,7 +116,7 @@ class WebhookReceiver:
         return settings
 
     async def window(self, conn_id: str, number: str, request: Request) -> Response:
-        from airflow_provider_wa019.api import WINDOW_SECONDS, compact_number
+        from airflow_provider_wa019.api import WINDOW_SECONDS, international_digits
         from airflow_provider_wa019.webhook.store import latest_inbound
 
         settings = await self._settings(conn_id)
@@ -124,8 +124,8 @@ class WebhookReceiver:
             return settings
         if not settings.secret_matches(_presented_secrets(request)):
             return _error(401, "missing or wrong secret")
-        digits = compact_number(number).lstrip("+")
-        if not (digits.isascii() and digits.isdigit() and 6 <= len(digits) <= 15):
+        digits = international_digits(number)
+        if digits is None:
             return _error(400, "not a phone number")
         now = pendulum.now("UTC")
         try:
