@@ -7,10 +7,11 @@ One deployment per pytest session (``deployment`` fixture), started from nothing
 2. the provider's simulator (``python -m airflow_provider_wa019.testing``) as its own process;
 3. a throw-away PostgreSQL cluster on 127.0.0.1 (free port, temporary folder, run as the
    ``postgres`` user when the tests run as root), with an ``airflow`` database;
-4. ``airflow db migrate``, then ``airflow api-server``, ``airflow scheduler`` and
-   ``airflow dag-processor`` on 127.0.0.1 with LocalExecutor, the repo's ``example_dags`` as the
-   DAGs folder and the simple auth manager (all users admins), configured through
-   ``AIRFLOW__...`` variables only;
+4. ``airflow db migrate``, then ``airflow api-server``, ``airflow scheduler``,
+   ``airflow dag-processor`` and ``airflow triggerer`` (deferred tasks, deadline alerts' async
+   callbacks) on 127.0.0.1 with LocalExecutor, the repo's ``example_dags`` as the DAGs folder and
+   the simple auth manager (all users admins), configured through ``AIRFLOW__...`` variables
+   only; ``start`` waits until ``/api/v2/monitor/health`` reports all four healthy;
 5. a JWT from ``POST /auth/token``, sent on every REST call.
 
 Everything the tests start runs in its own process group with its output in
@@ -113,7 +114,7 @@ def webhook_secret() -> str:
 
 @pytest.fixture(scope="session")
 def deployment(e2e_output: Path, sim_token: str) -> Iterator[Deployment]:
-    """The running deployment: simulator, PostgreSQL, api-server, scheduler, dag-processor."""
+    """The running deployment: simulator, PostgreSQL, api-server, scheduler, dag-processor, triggerer."""
     (e2e_output / "logs").mkdir(exist_ok=True)
     try:
         tools = ensure_debian_packages(e2e_output / "logs")

@@ -744,7 +744,7 @@ def dumps(obj: Any) -> str:
 
 @dataclass
 class Deployment:
-    """PostgreSQL, the simulator, and Airflow's api-server, scheduler and dag-processor.
+    """PostgreSQL, the simulator, and Airflow's api-server, scheduler, dag-processor and triggerer.
 
     ``start()`` raises DeploymentError with the log to read when a part does not come up;
     ``stop()`` always ends everything (call it in a ``finally``).
@@ -809,7 +809,7 @@ class Deployment:
         self.postgres = PostgresCluster(self.tools.pg_bindir, self.pg_workdir, self.procs)
         self.postgres.start()
 
-        # 3. Airflow: migrate, then the three components.
+        # 3. Airflow: migrate, then the four components.
         api_port = free_port()
         self.api_url = f"http://127.0.0.1:{api_port}"
         airflow_env = self.airflow_env(api_port)
@@ -823,13 +823,16 @@ class Deployment:
         # task logs from the shared log folder instead.
         self.procs.start("scheduler", [*airflow, "scheduler", "--skip-serve-logs"])
         self.procs.start("dag-processor", [*airflow, "dag-processor"])
+        # The triggerer runs deferred tasks and the AsyncCallbacks of deadline alerts (awaited
+        # there); --skip-serve-logs for the same reason as the scheduler's.
+        self.procs.start("triggerer", [*airflow, "triggerer", "--skip-serve-logs"])
 
         self.api = AirflowAPI(self.api_url, self.log_hint)
         wait_for(
             self._healthy,
             timeout=self.startup_timeout,
             interval=1.0,
-            what="the api-server, scheduler and dag-processor to report healthy",
+            what="the api-server, scheduler, dag-processor and triggerer to report healthy",
             alive=self.ensure_running,
             on_timeout=lambda: f"logs: {self.log_hint()}",
         )
@@ -875,7 +878,7 @@ class Deployment:
         health = resp.json()
         return all(
             (health.get(part) or {}).get("status") == "healthy"
-            for part in ("metadatabase", "scheduler", "dag_processor")
+            for part in ("metadatabase", "scheduler", "dag_processor", "triggerer")
         )
 
     def stop(self) -> None:
