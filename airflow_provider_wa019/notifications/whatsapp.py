@@ -45,6 +45,22 @@ DEFAULT_BODY = (
     "{% if ti is defined and ti %}\nLog: {{ ti.log_url }}{% endif %}"
 )
 
+#: What the awaited path imports beyond this module: the async hook (with aiohttp) and the number
+#: checks (phonenumbers). A first import of them takes 0.3-0.7 s, which on the triggerer's event
+#: loop, shared by every trigger, is a blocked loop ("likely caused by a badly-written trigger",
+#: as a real triggerer logged it): ``async_notify`` imports them on a worker thread.
+_ASYNC_PATH_MODULES = ("airflow_provider_wa019.hooks.whatsapp_async", "phonenumbers")
+
+
+async def _import_async_path() -> None:
+    import asyncio
+    import importlib
+    import sys
+
+    missing = [name for name in _ASYNC_PATH_MODULES if name not in sys.modules]
+    if missing:
+        await asyncio.to_thread(lambda: [importlib.import_module(name) for name in missing])
+
 
 class WhatsAppNotifier(BaseNotifier):
     """Send a WhatsApp message from an Airflow callback (task or DAG level, deadline alerts).
@@ -179,6 +195,7 @@ class WhatsAppNotifier(BaseNotifier):
         """Send the rendered message to every recipient through the async hook (awaited by
         ``__await__``, on the triggerer): the same messages, rules and log lines as
         :meth:`notify`."""
+        await _import_async_path()  # off the event loop: nothing below imports anything heavy
         from airflow_provider_wa019.exceptions import WhatsAppError
         from airflow_provider_wa019.hooks.whatsapp_async import WhatsAppAsyncHook
 
