@@ -6,7 +6,9 @@ the simplified one a deadline gets: ``deadline`` (id, time) and ``dag_run`` (the
 ``DAGRunResponse`` as JSON). ``BaseNotifier.__await__`` renders the template fields with it and
 awaits ``async_notify``. Here the trigger itself runs (its kwargs stored and read back as the
 Trigger row does), so the notifier sees exactly what the triggerer hands it; the simulator
-answers over real HTTP on 127.0.0.1.
+answers over real HTTP on 127.0.0.1. The example DAG's alert runs the same way, from the DAG as
+the dag-processor serializes it; and a fresh interpreter shows that a first alert imports
+nothing heavy on the event loop. (tests/e2e/test_e2e_deadline.py: a real triggerer.)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import json
 import logging
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -322,3 +325,68 @@ def test_the_first_alert_imports_aiohttp_and_phonenumbers_off_the_triggerers_eve
         if name.startswith(heavy) and not name.startswith("phonenumbers.data.region_")
     ]
     assert blocking == [], f"imported on the event loop's thread: {blocking}"
+
+
+# --- the example DAG ----------------------------------------------------------------------------
+
+EXAMPLE_DEADLINE = Path(__file__).resolve().parent.parent / "example_dags" / "example_whatsapp_deadline.py"
+
+
+def _find(obj: Any, key: str) -> Any:
+    """The first dict in ``obj`` (nested dicts and lists) that has ``key``."""
+    if isinstance(obj, dict):
+        if key in obj:
+            return obj
+        obj = list(obj.values())
+    if isinstance(obj, list):
+        for item in obj:
+            if (found := _find(item, key)) is not None:
+                return found
+    return None
+
+
+def stored_deadline_alert() -> dict[str, Any]:
+    """The example's deadline alert as the dag-processor stores it: the file parsed into a DagBag
+    (no import error), the DAG serialized, read back as JSON (the layout differs by release)."""
+    try:  # Airflow 3.2+
+        from airflow.dag_processing.dagbag import DagBag
+        from airflow.serialization.serialized_objects import DagSerialization as Serializer
+    except ImportError:  # Airflow 3.1
+        from airflow.models.dagbag import DagBag
+        from airflow.serialization.serialized_objects import SerializedDAG as Serializer
+
+    bag = DagBag(dag_folder=str(EXAMPLE_DEADLINE))
+    assert bag.import_errors == {}
+    serialized = json.loads(json.dumps(Serializer.to_dict(bag.dags["wa019_example_deadline"])))
+    (alert,) = serialized["dag"]["deadline"]
+    return alert
+
+
+def _interval_seconds(alert: dict[str, Any]) -> float:
+    interval = _find(alert, "interval")["interval"]
+    return float(interval["__data__"] if isinstance(interval, dict) else interval)
+
+
+def test_the_example_deadline_dag_pages_on_call_naming_the_late_run(sim, monkeypatch):
+    monkeypatch.delenv("WA019_EXAMPLE_REPORT_DUE_SECONDS", raising=False)
+    alert = stored_deadline_alert()
+    assert _find(alert, "reference_type")["reference_type"] == "DagRunQueuedAtDeadline"
+    assert _interval_seconds(alert) == 30 * 60
+    callback = _find(alert, "path")
+    assert callback["path"] == NOTIFIER
+
+    # What the triggerer then runs: the stored kwargs plus the context the scheduler adds.
+    events = run_as_the_triggerer(
+        {**callback["kwargs"], "context": deadline_context("wa019_example_deadline")}
+    )
+    assert final_state(events) == "success"
+    assert [m["to"] for m in sim.sent] == [ON_CALL]  # the example's "+972 50-123-4567"
+    assert sim.sent[0]["body"] == (
+        f"*Sales report late*: DAG wa019_example_deadline, run {RUN_ID} missed its deadline "
+        "(2026-01-01 01:00:00+00:00); the run is running."
+    )
+
+
+def test_the_example_deadline_can_be_tried_in_seconds(monkeypatch):
+    monkeypatch.setenv("WA019_EXAMPLE_REPORT_DUE_SECONDS", "3")
+    assert _interval_seconds(stored_deadline_alert()) == 3
