@@ -58,6 +58,10 @@ ON_CALL = ("972501234567", "972527654321", "972541112222")
 #: wa019_example_send's new_contact never wrote: the API answers reason 8 and the task skips.
 NEW_CONTACT = "972509876543"
 FINISHED_RUN_STATES = ("success", "failed")
+#: wa019_example_deadline's report is due this many seconds after its run is queued (half an hour
+#: as shipped; read by the DAG file at parse time). The scheduler looks for missed deadlines on
+#: every loop, at most ``[scheduler] scheduler_idle_sleep_time`` (1 s) apart.
+REPORT_DUE_SECONDS = 3
 
 T = TypeVar("T")
 
@@ -869,6 +873,7 @@ class Deployment:
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.airflow_home / "logs"),
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW__SECRETS__USE_CACHE": "False",
+            "WA019_EXAMPLE_REPORT_DUE_SECONDS": str(REPORT_DUE_SECONDS),
         }
 
     def _healthy(self) -> bool:
