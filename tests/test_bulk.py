@@ -42,6 +42,7 @@ from airflow_provider_wa019.bulk import (
     scrub,
 )
 from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
+from airflow_provider_wa019.hooks.whatsapp_async import WhatsAppAsyncHook
 from airflow_provider_wa019.operators.whatsapp import WhatsAppBulkSendOperator
 from airflow_provider_wa019.testing import WhatsAppSimulator
 
@@ -421,19 +422,27 @@ def test_rate_limit_holds_in_every_sliding_second(sim, airflow_db):
 
 
 @pytest.fixture
-def hook(sim) -> WhatsAppHook:
+def hook(sim) -> WhatsAppAsyncHook:
+    """The async hook the engine sends with, as the operator sets it up."""
+    hook = WhatsAppAsyncHook()
+    hook.message_log_level = logging.DEBUG
+    _ = hook.settings  # read on this thread, as the operator does: the engine's loop reuses it
+    return hook
+
+
+@pytest.fixture
+def sync_hook(sim) -> WhatsAppHook:
     with WhatsAppHook() as hook:
-        hook.message_log_level = logging.DEBUG
-        hook.get_conn()  # built once before worker threads share it, as the operator does
         yield hook
 
 
-def engine(hook: WhatsAppHook, store: MemoryLedgerStore | None = None, **kwargs) -> BulkSender:
+def engine(hook: WhatsAppAsyncHook, store: MemoryLedgerStore | None = None, **kwargs) -> BulkSender:
     kwargs.setdefault("log", logging.getLogger("wa019.test_bulk"))
     return BulkSender(
-        lambda number, body: hook.send_message(number, body),
+        hook.send_message,
         prepare=lambda recipient: "Hello",
         ledger=ProgressLedger(store),
+        aclose=hook.close,
         **kwargs,
     )
 
@@ -567,12 +576,12 @@ def test_scrub_masks_numbers_in_log_text():
     assert scrub("to 0501234567") == "to ******4567"
 
 
-def test_simulator_faults_can_target_one_recipient(sim, hook):
+def test_simulator_faults_can_target_one_recipient(sim, sync_hook):
     first, second = open_windows(sim, numbers(2))
     sim.fail_next(reason=4, to="+" + second)
     with pytest.raises(Exception, match="reason 4"):
-        hook.send_message(second, "x")
-    hook.send_message(first, "x")  # not consumed by the other recipient's request
+        sync_hook.send_message(second, "x")
+    sync_hook.send_message(first, "x")  # not consumed by the other recipient's request
     assert sim.pending_faults == 0
 
 

@@ -26,7 +26,7 @@ from airflow_provider_wa019.bulk import (
     SlidingWindowRateLimiter,
     parse_recipients,
 )
-from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
+from airflow_provider_wa019.hooks.whatsapp_async import WhatsAppAsyncHook
 from airflow_provider_wa019.operators.whatsapp import WhatsAppBulkSendOperator
 from airflow_provider_wa019.testing import WhatsAppSimulator
 
@@ -41,11 +41,12 @@ def sim(make_sim) -> WhatsAppSimulator:
 
 
 @pytest.fixture
-def hook(sim) -> WhatsAppHook:
-    with WhatsAppHook() as hook:
-        hook.message_log_level = logging.DEBUG
-        hook.get_conn()  # built once before worker threads share it, as the operator does
-        yield hook
+def hook(sim) -> WhatsAppAsyncHook:
+    """The async hook the engine sends with, as the operator sets it up."""
+    hook = WhatsAppAsyncHook()
+    hook.message_log_level = logging.DEBUG
+    _ = hook.settings  # read on this thread, as the operator does: the engine's loop reuses it
+    return hook
 
 
 def numbers(count: int) -> list[str]:
@@ -146,17 +147,19 @@ def test_a_base_exception_while_rendering_still_ends_the_try_and_releases_the_cl
     one_at_a_time = {"max_concurrency": 1, "resend_unknown": False}
     with pytest.raises(stop):
         BulkSender(
-            lambda n, body: hook.send_message(n, body),
+            hook.send_message,
             prepare=prepare,
             ledger=ProgressLedger(store),
+            aclose=hook.close,
             **one_at_a_time,
         ).run(recipients)
     assert sent_to(sim) == [first]
 
     retry = BulkSender(
-        lambda n, body: hook.send_message(n, body),
+        hook.send_message,
         prepare=lambda r: "Hello",
         ledger=ProgressLedger(store),
+        aclose=hook.close,
         **one_at_a_time,
     ).run(recipients)
 

@@ -13,9 +13,11 @@ with a hook and an in-memory ledger. One job per module:
   Variables (which no clear, ``clear_on_success`` or mark-success erases), with a retention.
 * :mod:`.report`: :class:`Outcome` of one recipient, :class:`BulkReport` of a try, the progress
   line, log-safe descriptions (phone numbers masked).
-* :mod:`.engine`: :class:`BulkSender`, which sends with at most ``max_concurrency`` requests in
-  flight over the caller's one HTTP session, classifies every answer with the single send's
-  rules, writes the ledger in batches and logs a progress line every few seconds.
+* :mod:`.engine`: :class:`BulkSender`, which sends on an asyncio event loop (in a thread of its
+  own; the ledger, rendering and progress lines stay on the caller's thread) with at most
+  ``max_concurrency`` requests in flight over one HTTP session (a ``WhatsAppAsyncHook``'s),
+  classifies every answer with the single send's rules, writes the ledger in batches and logs a
+  progress line every few seconds.
 
 Everything public is importable from here (``from airflow_provider_wa019.bulk import BulkSender``).
 """

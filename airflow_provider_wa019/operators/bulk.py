@@ -208,71 +208,76 @@ class WhatsAppBulkSendOperator(BaseOperator):
             parse_recipients,
         )
         from airflow_provider_wa019.exceptions import WhatsAppError
-        from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
+        from airflow_provider_wa019.hooks.whatsapp_async import WhatsAppAsyncHook
 
-        with WhatsAppHook(self.wa019_conn_id) as hook:
-            # One line per message would flood the log: progress lines replace them.
-            hook.message_log_level = logging.DEBUG
-            try:
-                settings = hook.settings  # a broken connection fails here, before any send
-            except WhatsAppError as err:
-                raise task_outcome(err, (), log=self.log) from err
-            hook.get_conn()  # the session is built here, once; the worker threads share it
-            try:
-                recipients, duplicates = parse_recipients(self.recipients, region=settings.default_region)
-            except ValueError as err:
-                raise AirflowFailException(str(err)) from err
+        # The async hook: the engine sends on an event loop (see bulk.engine for the threads).
+        hook = WhatsAppAsyncHook(self.wa019_conn_id)
+        # One line per message would flood the log: progress lines replace them.
+        hook.message_log_level = logging.DEBUG
+        try:
+            # Read here, on the task's thread, with the sync lookup (a task SDK call); the hook's
+            # sends on the event loop reuse these settings and never look the connection up.
+            settings = hook.settings  # a broken connection fails here, before any send
+        except WhatsAppError as err:
+            raise task_outcome(err, (), log=self.log) from err
+        try:
+            recipients, duplicates = parse_recipients(self.recipients, region=settings.default_region)
+        except ValueError as err:
+            raise AirflowFailException(str(err)) from err
 
-            try:
-                prepare, send = self._message_functions(context, hook)
-            except Exception as err:  # a template syntax error, a missing template file
-                raise AirflowFailException(f"the message template cannot be used: {err}") from err
+        try:
+            prepare, send = self._message_functions(context, hook)
+        except Exception as err:  # a template syntax error, a missing template file
+            raise AirflowFailException(f"the message template cannot be used: {err}") from err
 
-            try:
-                store = VariableLedgerStore.for_task(
-                    context,
-                    resend_confirmed=self.resend_confirmed,
-                    retention=self.ledger_retention,
-                    log=self.log,
-                )
-                store.open()
-            except LedgerStoreError as err:
-                # Without a ledger this try could not record whom it reaches: send nothing.
-                raise AirflowException(f"the bulk send's progress ledger cannot be written: {err}") from err
-            self.log.info(
-                "Progress ledger: Airflow Variables %s.* (%s), kept until %s",
-                store.head_key,
-                store.describe(),
-                _bulk_utc(store.expires),
-            )
-            ledger = ProgressLedger(store)
-            engine = BulkSender(
-                send,
-                prepare=prepare,
-                ledger=ledger,
-                max_concurrency=self.max_concurrency,
-                rate_per_second=self.rate_per_second,
-                skip_on_reasons=self.skip_on_reasons,
-                resend_unknown=self.resend_unknown,
+        try:
+            store = VariableLedgerStore.for_task(
+                context,
+                resend_confirmed=self.resend_confirmed,
+                retention=self.ledger_retention,
                 log=self.log,
-                # A template can quote any value it read, the connection's password included.
-                secrets=(settings.token,),
-                progress_seconds=self.progress_interval,
-                # Long enough for a request in flight to get its answer or its read timeout.
-                drain_seconds=sum(settings.timeout) + 5.0,
             )
-            self._engine = engine
-            self.log.info(
-                "Bulk send to %d recipient(s), at most %d in flight%s",
-                len(recipients),
-                self.max_concurrency,
-                f", {self.rate_per_second:g}/s" if self.rate_per_second else "",
-            )
-            try:
-                report = engine.run(recipients, duplicates=duplicates)
-            finally:
-                self._engine = None
-            store.close(ledger.chunks)  # chunk count noted, expired ledgers deleted; never raises
+            store.open()
+        except LedgerStoreError as err:
+            # Without a ledger this try could not record whom it reaches: send nothing.
+            raise AirflowException(f"the bulk send's progress ledger cannot be written: {err}") from err
+        self.log.info(
+            "Progress ledger: Airflow Variables %s.* (%s), kept until %s",
+            store.head_key,
+            store.describe(),
+            _bulk_utc(store.expires),
+        )
+        ledger = ProgressLedger(store)
+        engine = BulkSender(
+            send,
+            prepare=prepare,
+            ledger=ledger,
+            max_concurrency=self.max_concurrency,
+            rate_per_second=self.rate_per_second,
+            skip_on_reasons=self.skip_on_reasons,
+            resend_unknown=self.resend_unknown,
+            log=self.log,
+            # A template can quote any value it read, the connection's password included.
+            secrets=(settings.token,),
+            progress_seconds=self.progress_interval,
+            # Long enough for a request in flight to get its answer or its read timeout.
+            drain_seconds=sum(settings.timeout) + 5.0,
+            # The hook's HTTP session lives on the engine's event loop: closed there.
+            aclose=hook.close,
+        )
+        self._engine = engine
+        self.log.info(
+            "Bulk send to %d recipient(s), at most %d in flight%s",
+            len(recipients),
+            self.max_concurrency,
+            f", {self.rate_per_second:g}/s" if self.rate_per_second else "",
+        )
+        try:
+            report = engine.run(recipients, duplicates=duplicates)
+        finally:
+            self._engine = None
+        store.close(ledger.chunks)  # chunk count noted, expired ledgers deleted; never raises
+        del recipients  # the report holds what XCom needs: free the parsed list before the push
 
         summary = report.summary()
         self.log.info(
@@ -302,9 +307,11 @@ class WhatsAppBulkSendOperator(BaseOperator):
 
     def _message_functions(self, context: Context, hook: Any) -> tuple[Any, Any]:
         """``prepare(recipient)`` (on this thread: renders with the task context) and
-        ``send(number, payload)`` (on a worker thread: the hook's send)."""
+        ``send(number, payload)`` (a coroutine function, awaited on the engine's event loop: the
+        async hook's send)."""
         env = self.get_template_env()
         base = dict(context)
+        sender = self.sender  # read once: the loop thread never touches the operator
 
         def compile_text(text: Any, *, file_ok: bool = False) -> Any:
             if not isinstance(text, str):
@@ -321,8 +328,8 @@ class WhatsAppBulkSendOperator(BaseOperator):
             def prepare_body(recipient: Any) -> str:
                 return body.render({**base, **recipient.values})
 
-            def send_body(number: str, text: str) -> Any:
-                return hook.send_message(number, text, sender=self.sender)
+            async def send_body(number: str, text: str) -> Any:
+                return await hook.send_message(number, text, sender=sender)
 
             return prepare_body, send_body
 
@@ -334,15 +341,12 @@ class WhatsAppBulkSendOperator(BaseOperator):
             values = [tpl.render(names) if tpl is not None else raw for tpl, raw in compiled]
             return values, link.render(names) if link is not None else self.header_link
 
-        def send_template(number: str, payload: tuple[list[Any], str | None]) -> Any:
+        template, header_type = self.template, self.header_type
+
+        async def send_template(number: str, payload: tuple[list[Any], str | None]) -> Any:
             values, header_link = payload
-            return hook.send_template(
-                number,
-                self.template,
-                values,
-                header_type=self.header_type,
-                header_link=header_link,
-                sender=self.sender,
+            return await hook.send_template(
+                number, template, values, header_type=header_type, header_link=header_link, sender=sender
             )
 
         return prepare_template, send_template
