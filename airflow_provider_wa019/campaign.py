@@ -139,8 +139,8 @@ def whatsapp_campaign(
     return WhatsAppBulkSendOperator.partial(
         task_id=task_id,
         wa019_conn_id=wa019_conn_id,
-        # Per dag run, as the issue of a campaign's rate asks; per DAG as well, so two runs of the
-        # same campaign at once share the sender's rate instead of doubling it.
+        # Per dag run, and per DAG as well: two runs of the same campaign at once then share the
+        # sender's rate instead of doubling it.
         max_active_tis_per_dagrun=max_parallel,
         max_active_tis_per_dag=max_parallel,
         pre_execute=pre_execute,
