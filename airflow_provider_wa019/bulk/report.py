@@ -20,7 +20,7 @@ Status = Literal["sent", "skipped", "failed", "invalid", "unknown"]
 NOT_SENT = "not_sent"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per recipient, 100,000 in a big bulk
 class Outcome:
     """What happened to one recipient. ``to_xcom()`` is its entry in XCom ``results``.
 
