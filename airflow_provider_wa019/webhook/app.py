@@ -13,7 +13,11 @@
    400: not JSON, not an object, nested too deep, or not a message
    (:func:`~airflow_provider_wa019.api.parse_inbound`'s reason).
 5. 200: ``{"status": "recorded"}``, or ``{"status": "duplicate"}`` for a message already
-   recorded (the platform re-delivers; it must see 200 or it tries again).
+   recorded (the platform re-delivers; it must see 200 or it tries again). A message that
+   answers a human-in-the-loop question asked on WhatsApp is not an asset event:
+   ``{"status": "answered"}`` (recorded through Airflow's HITL answer path), ``"refused"``
+   (nothing changed) or ``"duplicate"``, with a short reply sent after the response (see
+   :mod:`airflow_provider_wa019.webhook.approvals`).
 
 503 when the metadata DB or the connection look-up fails: the platform (with retries on) tries
 again later. Built only where it is served: see :mod:`airflow_provider_wa019.webhook.plugin`.
@@ -35,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import pendulum
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -62,6 +67,11 @@ NOT_FOUND = "not found"
 
 def create_app(settings_cache: SettingsCache | None = None) -> FastAPI:
     """A new webhook app with its own connection cache (a fresh app is a restarted server)."""
+    # Airflow's HITL answer route (webhook/approvals.py records answers through it): already
+    # loaded in the api-server, which serves it; imported here, not at the first answer, where
+    # a process without it (a test) would spend seconds importing the Core API mid-request.
+    import airflow.api_fastapi.core_api.routes.public.hitl  # noqa: F401
+
     receiver = WebhookReceiver(settings_cache or SettingsCache())
     app = FastAPI(
         title="019sms WhatsApp webhook",
@@ -182,7 +192,29 @@ class WebhookReceiver:
         except InboundError as exc:
             return _error(400, str(exc))
 
+        answer = await self._answer(settings, message)
+        if answer is not None:
+            return answer
         return await self._record(settings, message, received_at)
+
+    async def _answer(self, settings: WebhookSettings, message: Any) -> Response | None:
+        """The response to an answer to a human-in-the-loop question (recorded or refused, with
+        the reply sent after the response), or None for an ordinary message."""
+        from airflow_provider_wa019.webhook.approvals import consider, send_reply
+
+        try:
+            handled = await run_in_threadpool(consider, settings.conn_id, message)
+        except Exception:
+            log.exception(
+                "webhook %r: could not check message %s for an answer", settings.conn_id, message.unique
+            )
+            return _error(503, "the message could not be recorded, try again")
+        if handled is None:
+            return None
+        reply = (
+            BackgroundTask(send_reply, settings.conn_id, message, handled.reply) if handled.reply else None
+        )
+        return JSONResponse({"status": handled.status}, background=reply)
 
     async def _record(self, settings: WebhookSettings, message: Any, received_at: Any) -> Response:
         from airflow_provider_wa019.webhook.store import RECORDED, record_message

@@ -90,7 +90,7 @@ def record_message(conn_id: str, message: InboundMessage, *, received_at: dateti
     since = look_back_to(message, now=now, received_at=received_at)
     with create_session() as session:
         dialect = session.get_bind().dialect.name
-        _lock_delivery(session, dialect, conn_id, message.unique)
+        lock_delivery(session, dialect, conn_id, message.unique)
         asset = _inbound_asset(session, conn_id, uri)
         if _already_recorded(session, dialect, asset.id, message.unique, since=since):
             return Outcome(DUPLICATE)
@@ -127,7 +127,7 @@ def look_back_to(message: InboundMessage, *, now: datetime, received_at: datetim
     return max(floor, min(sent, now) - CLOCK_MARGIN)
 
 
-def _lock_delivery(session: Session, dialect: str, conn_id: str, unique: str) -> None:
+def lock_delivery(session: Session, dialect: str, conn_id: str, unique: str) -> None:
     """Serialise concurrent deliveries of one message (see the module's notes)."""
     if dialect == "postgresql":
         session.execute(
