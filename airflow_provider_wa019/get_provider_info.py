@@ -41,7 +41,10 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             }
         ],
-        "notifications": ["airflow_provider_wa019.notifications.whatsapp.WhatsAppNotifier"],
+        "notifications": [
+            "airflow_provider_wa019.notifications.whatsapp.WhatsAppNotifier",
+            "airflow_provider_wa019.notifications.hitl.WhatsAppHITLNotifier",
+        ],
         # No "plugins" list: the webhook plugin is registered through the airflow.plugins entry
         # point, which Airflow loads whatever [core] lazy_discover_providers says. Airflow reads
         # this list only with lazy discovery off, and then 3.3 reports the same plugin found

@@ -264,6 +264,17 @@ def open_hitl(dag_id: str) -> dict[str, Any]:
     return hitl_detail(dag_id, run_id, "approve")
 
 
+#: Airflow 3.1.0's dag.test() cannot run the HITL trigger inline (its in-process supervisor does
+#: not answer the trigger's request for the HITL detail: AttributeError in HITLTrigger.run),
+#: whatever notifier is used. There the round trip is tested end to end, with a real triggerer
+#: (tests/e2e/test_e2e_approval.py, run on the lowest supported Airflow too by .ci/run).
+needs_dag_test_hitl = pytest.mark.skipif(
+    not hasattr(__import__("airflow.sdk.exceptions", fromlist=["x"]), "TaskAwaitingInput"),
+    reason="this Airflow's dag.test() cannot run a HITL task (3.1: its inline trigger fails); "
+    "covered by tests/e2e/test_e2e_approval.py on this version",
+)
+
+
 def approval_dag(dag_id: str, conn_id: str, to: Any = APPROVER, **notifier: Any) -> DAG:
     with DAG(dag_id, schedule=None, start_date=START, catchup=False) as dag:
         approve = hitl.ApprovalOperator(
@@ -281,6 +292,7 @@ def approval_dag(dag_id: str, conn_id: str, to: Any = APPROVER, **notifier: Any)
     return dag
 
 
+@needs_dag_test_hitl
 def test_approve_by_quoting_the_question_and_every_refusal_on_the_way(channel):
     sim, conn_id = channel
     sim.open_window(APPROVER)
@@ -341,6 +353,7 @@ def test_approve_by_quoting_the_question_and_every_refusal_on_the_way(channel):
     assert replies_to(sim, SECOND) == [f"Not recorded: it was already answered ({dag_id} / approve)."]
 
 
+@needs_dag_test_hitl
 def test_a_re_delivered_answer_is_recorded_once(channel):
     sim, conn_id = channel
     sim.open_window(APPROVER)
@@ -360,6 +373,7 @@ def test_a_re_delivered_answer_is_recorded_once(channel):
     assert replies_to(sim, APPROVER) == [f"Recorded: Approve ({dag_id} / approve)"]
 
 
+@needs_dag_test_hitl
 def test_reject_unquoted_skips_downstream(channel):
     sim, conn_id = channel
     sim.open_window(APPROVER)
@@ -374,6 +388,7 @@ def test_reject_unquoted_skips_downstream(channel):
     assert replies_to(sim, APPROVER) == [f"Recorded: Reject ({dag_id} / approve)"]
 
 
+@needs_dag_test_hitl
 def test_several_options_and_the_template_fallback_outside_the_window(channel):
     sim, conn_id = channel  # no open window: the approver gets the template
     dag_id = f"wa019_hitl_multi_{uuid.uuid4().hex[:6]}"
@@ -423,6 +438,7 @@ def sweep_timeouts() -> None:
         runner.check_awaiting_input_timeouts()
 
 
+@needs_dag_test_hitl
 def test_an_answer_after_the_timeout_changes_nothing(channel):
     sim, conn_id = channel
     sim.open_window(APPROVER)
@@ -464,3 +480,21 @@ def test_an_answer_after_the_timeout_changes_nothing(channel):
     assert replies_to(sim, APPROVER) == [
         f"Not recorded: it is no longer waiting for an answer ({dag_id} / approve)."
     ]
+
+
+def test_a_dag_file_importing_the_notifier_loads_no_http_or_number_library():
+    """DAG files import the notifier at every parse: no requests, aiohttp, phonenumbers, nor the
+    webhook's server side."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "import airflow_provider_wa019.notifications.hitl\n"
+        "heavy = ['requests', 'aiohttp', 'phonenumbers', 'fastapi', 'airflow_provider_wa019.webhook']\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr[-2000:]
