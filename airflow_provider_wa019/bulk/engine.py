@@ -313,8 +313,9 @@ class BulkSender:
                     # A worker is free: it gets this one now. When nothing was in flight, wait
                     # until the loop took it, so that what this thread does next (an exception
                     # in the next render) finds it sent, as it would with a worker thread.
-                    run.loop.submit(batch, wait_taken=len(run.inflight) == 1)
-                    batch = []
+                    # Out of ``batch`` first: once handed over, only the loop may settle it.
+                    handing, batch = batch, []
+                    run.loop.submit(handing, wait_taken=len(run.inflight) == 1)
         except BaseException:
             for recipient, _ in batch:  # rendered, never handed over: certainly not sent
                 run.inflight.pop(recipient.key, None)
@@ -610,6 +611,7 @@ class _LoopThread:
         finally:
             with contextlib.suppress(Exception):
                 loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())  # aiohttp's DNS lookups
             loop.close()
 
     async def _serve(self) -> None:

@@ -277,7 +277,9 @@ class WhatsAppBulkSendOperator(BaseOperator):
         finally:
             self._engine = None
         store.close(ledger.chunks)  # chunk count noted, expired ledgers deleted; never raises
-        del recipients  # the report holds what XCom needs: free the parsed list before the push
+        # The report holds what XCom needs: free the parsed list and the ledger's state (one entry
+        # per recipient each) before the push, which holds the results two or three times over.
+        del recipients, engine, ledger
 
         summary = report.summary()
         self.log.info(
@@ -290,7 +292,10 @@ class WhatsAppBulkSendOperator(BaseOperator):
         ending = self._bulk_ending(report, summary)
         if self.do_xcom_push:
             ti = context["ti"]
-            ti.xcom_push(key="results", value=report.results_xcom())
+            results = report.results_xcom()
+            report.results = {}  # the outcomes are in ``results`` now (summary and ending are made)
+            ti.xcom_push(key="results", value=results)
+            del results
             if ending is not None:
                 # A failed or skipped task pushes no return value itself: the summary still helps.
                 ti.xcom_push(key="return_value", value=summary)
