@@ -18,7 +18,8 @@ Printed per run, read from the run itself:
   included; not the upstream task or Airflow's start-up);
 * peak RSS of the ``airflow dags test`` process (``/proc/<pid>/status`` sampled every 20 ms), its
   RSS when the bulk task started (after the upstream task pushed the list), and the peak over
-  that: what the bulk task itself added (pulling and parsing the list, sending, the XCom push of
+  that: what the bulk task itself added; then the RSS at the start and the peak of each phase of
+  the bulk task: ``pull`` (the list from XCom, parsed), ``send`` (the engine), ``push`` (XCom
   ``results``, which ``airflow dags test`` hands to an Execution API server in the same process);
 * XCom ``results``: bytes stored in the metadata DB, and per recipient.
 
@@ -86,28 +87,35 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int | None:
 
 
 class Sampler(threading.Thread):
-    """RSS of a process every 20 ms: the peak since a mark (the bulk task's start)."""
+    """RSS of a process every 20 ms, and its peak in each phase that :meth:`enter` starts."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.peak = 0
-        self.peak_since_mark = 0
-        self.mark: int | None = None
+        #: phase -> [RSS when it started, peak while it lasted] (KiB)
+        self.phases: dict[str, list[int]] = {}
+        self._phase: str | None = None
         self._done = threading.Event()
 
     def run(self) -> None:
         while not self._done.wait(0.02):
-            rss = rss_kib(self.pid)
-            if rss is None:
+            if self._sample() is None:
                 return
-            self.peak = max(self.peak, rss)
-            if self.mark is not None:
-                self.peak_since_mark = max(self.peak_since_mark, rss)
 
-    def set_mark(self) -> None:
-        self.mark = rss_kib(self.pid) or 0
-        self.peak_since_mark = self.mark
+    def _sample(self) -> int | None:
+        rss = rss_kib(self.pid)
+        if rss is not None:
+            self.peak = max(self.peak, rss)
+            if self._phase is not None:
+                phase = self.phases[self._phase]
+                phase[1] = max(phase[1], rss)
+        return rss
+
+    def enter(self, phase: str) -> None:
+        rss = self._sample() or 0
+        self.phases[phase] = [rss, rss]
+        self._phase = phase
 
     def stop(self) -> None:
         self._done.set()
@@ -172,11 +180,15 @@ def run_once(home: Path, env: dict[str, str], count: int, cpu: int | None, log: 
     with log.open("w") as out:
         for line in proc.stdout:
             out.write(line)
-            # The bulk task's start: before it pulls the list from XCom and parses it.
-            if sampler.mark is None and ("starting task_id=bulk" in line or "Bulk send to " in line):
-                sampler.set_mark()
-            if done is None:
-                done = _DONE.search(line)
+            # The bulk task's phases: pull and parse the list, send, push the results.
+            if "starting task_id=bulk" in line:
+                sampler.enter("pull")
+            elif "Bulk send to " in line:
+                sampler.enter("send")
+            elif done is None and (done := _DONE.search(line)):
+                sampler.enter("push")
+            elif "end task task_id=bulk" in line:
+                sampler.enter("after")
     proc.wait()
     wall = time.perf_counter() - started
     sampler.stop()
@@ -198,8 +210,7 @@ def run_once(home: Path, env: dict[str, str], count: int, cpu: int | None, log: 
         "rate": sent / seconds if seconds else float("nan"),
         "wall": wall,
         "peak_mb": sampler.peak / 1024,
-        "at_start_mb": (sampler.mark or 0) / 1024,
-        "over_mb": (sampler.peak_since_mark - (sampler.mark or 0)) / 1024,
+        "phases": {name: (start / 1024, peak / 1024) for name, (start, peak) in sampler.phases.items()},
         "xcom_bytes": size,
         "summary": done["summary"],
     }
@@ -253,16 +264,23 @@ def main() -> int:
     print()
     print(f"{kind}, {args.latency * 1000:g} ms latency, max_concurrency=32, airflow dags test on core {cpu}")
     print(
-        f"{'recipients':>10} {'msg/s':>7} {'bulk s':>7} {'wall s':>7} {'peak RSS':>9} {'at bulk start':>14} "
+        f"{'recipients':>10} {'msg/s':>7} {'bulk s':>7} {'wall s':>7} {'peak RSS':>9} {'bulk task start':>16} "
         f"{'bulk added':>11} {'XCom results':>13} {'bytes/recipient':>16}"
     )
     for r in results:
+        phases = r["phases"]
+        start = phases.get("pull", phases.get("send", (0.0, 0.0)))[0]
+        added = max(peak for _, peak in phases.values()) - start if phases else float("nan")
         print(
             f"{r['recipients']:>10} {r['rate']:>7.0f} {r['seconds']:>7.1f} {r['wall']:>7.1f} "
-            f"{r['peak_mb']:>6.0f} MB {r['at_start_mb']:>11.0f} MB {r['over_mb']:>8.0f} MB "
+            f"{r['peak_mb']:>6.0f} MB {start:>13.0f} MB {added:>8.0f} MB "
             f"{r['xcom_bytes'] / 1e6:>10.2f} MB {r['xcom_bytes'] / r['recipients']:>16.1f}"
         )
         print(f"{'':>10} {r['summary']}")
+        detail = ", ".join(
+            f"{name}: {begin:.0f} -> peak {peak:.0f} MB" for name, (begin, peak) in phases.items()
+        )
+        print(f"{'':>10} RSS by phase of the bulk task: {detail}")
     return 0
 
 
