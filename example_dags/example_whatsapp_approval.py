@@ -23,13 +23,19 @@ An approver who has not written to the account in the last 24 h gets the approve
 
 from __future__ import annotations
 
+import inspect
 from datetime import timedelta
 
 import pendulum
-from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
 from airflow.sdk import DAG, Param, task
 
 from airflow_provider_wa019.notifications.hitl import WhatsAppHITLNotifier
+
+# How long the question waits before the default answer is taken: ``response_timeout`` in the
+# standard provider of Airflow 3.2+, ``execution_timeout`` in the one of Airflow 3.1.
+WAIT = timedelta(hours=4)
+WAIT_ARG = "response_timeout" if "response_timeout" in inspect.signature(HITLOperator).parameters else None
 
 with DAG(
     dag_id="wa019_example_approval",
@@ -51,7 +57,7 @@ with DAG(
         subject="Publish today's sales report?",
         body="{{ ti.xcom_pull(task_ids='build_report') }} rows are ready.",
         defaults="Reject",
-        response_timeout=timedelta(hours=4),
+        **({WAIT_ARG: WAIT} if WAIT_ARG else {"execution_timeout": WAIT}),
         notifiers=[WhatsAppHITLNotifier(to="{{ params.approver }}", template="approval_request")],
     )
 

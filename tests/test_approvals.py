@@ -498,3 +498,53 @@ def test_a_dag_file_importing_the_notifier_loads_no_http_or_number_library():
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr[-2000:]
+
+
+@pytest.fixture
+def stored_channel(make_sim, webhook_base):
+    """As ``channel``, with the connection stored in Airflow's DB (as in a deployment), not in
+    an ``AIRFLOW_CONN_*`` variable: the task then reads it through its supervisor."""
+    import json
+
+    from airflow.models.connection import Connection
+    from airflow.utils.session import create_session
+
+    conn_id = f"wa019_hitl_db_{uuid.uuid4().hex[:8]}"
+    sim = make_sim(
+        connection=False,
+        senders=(ACCOUNT,),
+        webhook_url=f"{webhook_base}/wa019/webhook/{conn_id}",
+        webhook_secret=SECRET,
+    )
+    with create_session() as session:
+        session.add(
+            Connection(
+                conn_id=conn_id,
+                conn_type="wa019",
+                host=sim.base_url,
+                password=sim.token,
+                extra=json.dumps({"sender": ACCOUNT, "webhook_secret": SECRET, **FAST}),
+            )
+        )
+    yield sim, conn_id
+    with create_session() as session:
+        session.query(Connection).filter(Connection.conn_id == conn_id).delete()
+
+
+def test_the_question_goes_out_with_the_connection_read_through_the_task_supervisor(stored_channel):
+    """Airflow 3.1.0's supervisor answers the HITL task's own request twice; the notifier's
+    connection lookup, the next request, must not read the stale answer (it failed with
+    "Connection.__init__() got an unexpected keyword argument 'ti_id'")."""
+    sim, conn_id = stored_channel
+    sim.open_window(APPROVER)
+    dag_id = f"wa019_hitl_stored_{uuid.uuid4().hex[:6]}"
+    answerer = Answerer(sim, APPROVER, lambda q: says(sim, APPROVER, "1", quote=q["unique"]), dag_id)
+    answerer.start()
+    result = run_dag(approval_dag(dag_id, conn_id))
+    answerer.check()  # the question reached the approver and was recorded for the webhook
+    questions = [m for m in sim.sent if m["to"] == APPROVER and not m.get("replyTo")]
+    assert len(questions) == 1
+    assert "Reply 1 to Approve, 2 to Reject." in questions[0]["body"]
+    if hasattr(__import__("airflow.sdk.exceptions", fromlist=["x"]), "TaskAwaitingInput"):
+        assert result.tis["publish"][0] == "success", result
+    # (Airflow 3.1.0's dag.test() then fails the task in its inline HITL trigger: see above.)

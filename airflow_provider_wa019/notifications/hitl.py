@@ -107,6 +107,7 @@ class WhatsAppHITLNotifier(WhatsAppNotifier):
                 type(task).__name__,
             )
             return
+        self._skip_stale_supervisor_answer()
         multiple = bool(getattr(task, "multiple", False))
         link = self._link(context)
         hint = answer_hint(options, multiple)
@@ -138,6 +139,29 @@ class WhatsAppHITLNotifier(WhatsAppNotifier):
                 len({a.number for a in self._asked}),
                 self.wa019_conn_id,
             )
+
+    def _skip_stale_supervisor_answer(self) -> None:
+        """Airflow 3.1.0's task supervisor answers the HITL operator's request (storing the
+        question, just before the notifiers run) twice, so the task's next request to it reads
+        that stale answer: the hook's connection lookup fails with "Connection.__init__() got an
+        unexpected keyword argument 'ti_id'". Before 3.2, ask for the connection once here and,
+        when the answer is that stale one, read off the real one, so the channel is in step again
+        (a supervisor that answers once gives the connection: nothing to do)."""
+        try:
+            from airflow import __version__ as airflow_version
+            from airflow.sdk.execution_time import comms, task_runner
+
+            if tuple(int(p) for p in airflow_version.split(".")[:2] if p.isdigit()) >= (3, 2):
+                return
+            channel = getattr(task_runner, "SUPERVISOR_COMMS", None)
+            stale = getattr(comms, "HITLDetailRequestResult", None)
+            if channel is None or stale is None:
+                return
+            answer = channel.send(comms.GetConnection(conn_id=self.wa019_conn_id))
+            if isinstance(answer, stale):
+                channel._get_response()  # the connection's own answer, one frame behind
+        except Exception as err:  # the lookup proper reports any real problem
+            self.log.debug("supervisor channel check: %s: %s", type(err).__name__, err)
 
     def _link(self, context: Context) -> str | None:
         try:
