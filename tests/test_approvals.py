@@ -275,12 +275,14 @@ needs_dag_test_hitl = pytest.mark.skipif(
 )
 
 
-def approval_dag(dag_id: str, conn_id: str, to: Any = APPROVER, **notifier: Any) -> DAG:
+def approval_dag(
+    dag_id: str, conn_id: str, to: Any = APPROVER, body: str = "1,204 rows", **notifier: Any
+) -> DAG:
     with DAG(dag_id, schedule=None, start_date=START, catchup=False) as dag:
         approve = hitl.ApprovalOperator(
             task_id="approve",
             subject="Publish the {{ dag_run.conf.get('day', 'daily') }} report?",
-            body="1,204 rows",
+            body=body,
             notifiers=[WhatsAppHITLNotifier(to=to, wa019_conn_id=conn_id, base_url=UI, **notifier)],
         )
 
@@ -540,11 +542,12 @@ def test_the_question_goes_out_with_the_connection_read_through_the_task_supervi
     dag_id = f"wa019_hitl_stored_{uuid.uuid4().hex[:6]}"
     answerer = Answerer(sim, APPROVER, lambda q: says(sim, APPROVER, "1", quote=q["unique"]), dag_id)
     answerer.start()
-    result = run_dag(approval_dag(dag_id, conn_id))
+    result = run_dag(approval_dag(dag_id, conn_id, body="{{ 1200 + 4 }} rows in {{ ti.task_id }}"))
     answerer.check()  # the question reached the approver and was recorded for the webhook
     questions = [m for m in sim.sent if m["to"] == APPROVER and not m.get("replyTo")]
     assert len(questions) == 1
-    assert "Reply 1 to Approve, 2 to Reject." in questions[0]["body"]
+    # The task's rendered body (Airflow 3.1's context["task"] is the copy from before rendering).
+    assert "\n\n1204 rows in approve\n\nReply 1 to Approve, 2 to Reject." in questions[0]["body"]
     if hasattr(__import__("airflow.sdk.exceptions", fromlist=["x"]), "TaskAwaitingInput"):
         assert result.tis["publish"][0] == "success", result
     # (Airflow 3.1.0's dag.test() then fails the task in its inline HITL trigger: see above.)

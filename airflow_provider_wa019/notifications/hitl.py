@@ -97,8 +97,12 @@ class WhatsAppHITLNotifier(WhatsAppNotifier):
         on a copy of the notifier, so the per-call state below is this call's own)."""
         from airflow_provider_wa019.approvals import answer_hint, question_text
 
-        task = context.get("task")
         ti = context.get("task_instance") or context.get("ti")
+        # The task instance's task: the one whose subject and body were rendered. (On Airflow 3.1
+        # context["task"] is the copy from before rendering: its body would still be Jinja.)
+        task = getattr(ti, "task", None)
+        if not hasattr(task, "options"):
+            task = context.get("task")
         options = getattr(task, "options", None)
         if not options or ti is None or not isinstance(options, (list, tuple)):
             self.log.error(
