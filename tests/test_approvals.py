@@ -20,7 +20,7 @@ from typing import Any
 
 import pendulum
 import pytest
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG, Param, task
 from airflow_support import FAST, run_dag
 from webhook_support import plugin_app, serve
 
@@ -400,6 +400,9 @@ def test_several_options_and_the_template_fallback_outside_the_window(channel):
             subject="Which channels?",
             options=["Email", "SMS", "WhatsApp"],
             multiple=True,
+            # A form field: a WhatsApp answer gives it its default (the operator refuses an
+            # answer whose fields do not match).
+            params={"note": Param("as usual", type="string")},
             notifiers=[
                 WhatsAppHITLNotifier(
                     to=["not a number", APPROVER],
@@ -426,6 +429,7 @@ def test_several_options_and_the_template_fallback_outside_the_window(channel):
     answerer.check()
     assert result.tis["approve"][0] == "success", result
     assert result.xcom("approve")["chosen_options"] == ["Email", "WhatsApp"]
+    assert result.xcom("approve")["params_input"] == {"note": "as usual"}
     assert replies_to(sim, APPROVER) == [f"Recorded: Email, WhatsApp ({dag_id} / approve)"]
 
 
@@ -548,6 +552,9 @@ def test_the_question_goes_out_with_the_connection_read_through_the_task_supervi
     assert len(questions) == 1
     # The task's rendered body (Airflow 3.1's context["task"] is the copy from before rendering).
     assert "\n\n1204 rows in approve\n\nReply 1 to Approve, 2 to Reject." in questions[0]["body"]
+    # The webhook's reply went out too, from the api-server side (the connection read there).
+    assert len(replies_to(sim, APPROVER)) == 1
     if hasattr(__import__("airflow.sdk.exceptions", fromlist=["x"]), "TaskAwaitingInput"):
         assert result.tis["publish"][0] == "success", result
+        assert replies_to(sim, APPROVER) == [f"Recorded: Approve ({dag_id} / approve)"]
     # (Airflow 3.1.0's dag.test() then fails the task in its inline HITL trigger: see above.)

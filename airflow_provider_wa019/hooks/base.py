@@ -208,6 +208,15 @@ class WhatsAppHookBase(BaseHook):
         conn = self.get_connection(self.wa019_conn_id)
         return self._settings_from(conn, lambda: conn.extra_dejson)
 
+    def use_connection(self, conn: Any) -> None:
+        """Use ``conn``, an Airflow connection already looked up, instead of looking it up by
+        ``wa019_conn_id`` (the task SDK's lookup works only in tasks on some Airflow versions:
+        the webhook's replies in the api-server read it server-side). Checked as a lookup is.
+
+        :raises WhatsAppConfigError: naming the connection and the setting, never the token.
+        """
+        self.settings = self._settings_from(conn, lambda: conn.extra_dejson)
+
     def _settings_from(self, conn: Any, extra_of: Callable[[], Any]) -> WhatsAppSettings:
         return read_settings(
             self.wa019_conn_id,

@@ -27,7 +27,7 @@ digits), shown in the UI and the task's log.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +45,7 @@ from airflow_provider_wa019.approvals import (
     read_choice,
     request_key,
 )
-from airflow_provider_wa019.masking import mask_number
+from airflow_provider_wa019.masking import mask_number, scrub
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -88,6 +88,7 @@ class _Open:
     answered: bool
     waiting: bool
     timed_out: bool = False
+    params_input: dict[str, Any] = field(default_factory=dict)
 
     @property
     def open(self) -> bool:
@@ -199,7 +200,9 @@ def _record(conn_id: str, target: _Open, choice: Choice, message: InboundMessage
                 dag_id=request.dag_id,
                 dag_run_id=request.run_id,
                 task_id=request.task_id,
-                update_hitl_detail_payload=UpdateHITLDetailPayload(chosen_options=list(choice.options)),
+                update_hitl_detail_payload=UpdateHITLDetailPayload(
+                    chosen_options=list(choice.options), params_input=target.params_input
+                ),
                 user=answerer,
                 session=session,
                 map_index=request.map_index,
@@ -229,18 +232,24 @@ def send_reply(conn_id: str, message: InboundMessage, text: str) -> None:
     """Answer ``message`` with ``text``, quoting it, from the number it was sent to. Run after the
     delivery was answered 200 (a slow send never makes the platform deliver again); a failure is
     logged with the API's reason, never raised: the answer itself is recorded either way."""
+    from airflow.models.connection import Connection
+
     from airflow_provider_wa019.exceptions import WhatsAppError
     from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
 
     try:
         with WhatsAppHook(conn_id) as hook:
+            # Read server-side, as the webhook reads it (on Airflow 3.1 the task SDK's lookup,
+            # the hook's own, fails outside a task).
+            hook.use_connection(Connection.get_connection_from_secrets(conn_id))
             hook.send_message(message.sender, text, sender=message.to or None, reply_to=message.unique)
     except WhatsAppError as err:
         log.warning("webhook %r: reply to %s not sent: %s", conn_id, mask_number(message.sender), err)
     except Exception as err:
         log.error(
-            "webhook %r: reply to %s failed: %s", conn_id, mask_number(message.sender), type(err).__name__
-        )
+            "webhook %r: reply to %s failed: %s: %s",
+            conn_id, mask_number(message.sender), type(err).__name__, scrub(str(err))[:200],
+        )  # fmt: skip
 
 
 def _recent_requests(session: Session, conn_id: str) -> list[_Open]:
@@ -257,6 +266,7 @@ def _recent_requests(session: Session, conn_id: str) -> list[_Open]:
             HITLDetail.multiple,
             HITLDetail.responded_at,
             HITLDetail.responded_by,
+            HITLDetail.params,
             TaskInstance.state,
         )
         .outerjoin(TaskInstance, TaskInstance.id == HITLDetail.ti_id)
@@ -282,9 +292,20 @@ def _recent_requests(session: Session, conn_id: str) -> list[_Open]:
                 answered=row.responded_at is not None,
                 waiting=state in WAITING_STATES,
                 timed_out=row.responded_at is not None and not row.responded_by,
+                params_input=_defaults_of(row.params),
             )
         )
     return found
+
+
+def _defaults_of(params: Any) -> dict[str, Any]:
+    """The request's form fields (``params``) answered with their defaults: a WhatsApp answer
+    chooses options only, and the operator refuses an answer whose fields do not match its
+    params (Airflow 3.1 also lists the DAG's params there). Stored as ``{name: value}`` (3.1.0)
+    or ``{name: {"value": ..., "schema": ...}}`` (later): read as Airflow's timeout sweep does."""
+    if not isinstance(params, dict):
+        return {}
+    return {k: v["value"] if isinstance(v, dict) and "value" in v else v for k, v in params.items()}
 
 
 def _parse(variable: Any) -> ApprovalRequest | None:
