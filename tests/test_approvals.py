@@ -6,7 +6,7 @@ client answers through the webhook app the plugin gives Airflow, served by uvico
 on the same DB; the task resumes as after an answer in the UI (Airflow 3.3: out of
 ``awaiting_input``; 3.1: its trigger, run inline by ``dag.test()``, sees the answer on its next
 5 s poll). The answerer runs in a thread while ``dag.test()`` waits in the test's own.
-(The same round trip under a real scheduler and api-server is tests/e2e/test_e2e_approval.py.)
+(The same round trip under a real scheduler and api-server is tests/e2e/test_e2e_hitl_approval.py.)
 """
 
 from __future__ import annotations
@@ -267,11 +267,11 @@ def open_hitl(dag_id: str) -> dict[str, Any]:
 #: Airflow 3.1.0's dag.test() cannot run the HITL trigger inline (its in-process supervisor does
 #: not answer the trigger's request for the HITL detail: AttributeError in HITLTrigger.run),
 #: whatever notifier is used. There the round trip is tested end to end, with a real triggerer
-#: (tests/e2e/test_e2e_approval.py, run on the lowest supported Airflow too by .ci/run).
+#: (tests/e2e/test_e2e_hitl_approval.py, run on the lowest supported Airflow too by .ci/run).
 needs_dag_test_hitl = pytest.mark.skipif(
     not hasattr(__import__("airflow.sdk.exceptions", fromlist=["x"]), "TaskAwaitingInput"),
     reason="this Airflow's dag.test() cannot run a HITL task (3.1: its inline trigger fails); "
-    "covered by tests/e2e/test_e2e_approval.py on this version",
+    "covered by tests/e2e/test_e2e_hitl_approval.py on this version",
 )
 
 

@@ -4,7 +4,8 @@ trigger on the triggerer); the simulator's client answers
 through the api-server's webhook; the task resumes through Airflow's own answer path and the
 scheduler runs (or skips) ``publish``.
 
-Every message sent here is an answer or a refused one, never an ordinary message: none becomes
+(Named to sort after test_e2e_celery.py, whose own deployment runs best before the shared one
+starts.) Every message sent here is an answer or a refused one, never an ordinary message: none becomes
 an asset event that would start ``wa019_example_inbound`` (tests/e2e/test_e2e_inbound.py counts
 its runs).
 """
