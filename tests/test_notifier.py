@@ -349,6 +349,8 @@ def test_registered_as_a_notifier_in_provider_info():
     from airflow_provider_wa019.get_provider_info import get_provider_info
 
     dotted = "airflow_provider_wa019.notifications.whatsapp.WhatsAppNotifier"
-    assert get_provider_info()["notifications"] == [dotted]
+    hitl = "airflow_provider_wa019.notifications.hitl.WhatsAppHITLNotifier"
+    assert get_provider_info()["notifications"] == [dotted, hitl]
     assert dotted in ProvidersManager().notification
+    assert hitl in ProvidersManager().notification
     assert send_whatsapp_notification is WhatsAppNotifier
