@@ -27,7 +27,7 @@ digits), shown in the UI and the task's log.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -188,13 +188,12 @@ def _record(conn_id: str, target: _Open, choice: Choice, message: InboundMessage
         # One answer at a time per request (Airflow 3.1's route takes no row lock itself); the
         # request is read again under the lock, so a concurrent answer is seen.
         lock_delivery(session, session.get_bind().dialect.name, conn_id, f"hitl:{request.ti_id}")
-        current = _read_request(session, request.ti_id)
+        stored = _stored_request(session, request.ti_id)
+        current = _parse(stored) if stored is not None else None
         if current is not None and current.answered_by is not None:
             if current.answered_by == message.unique:
                 return Handled(DUPLICATE, request)
-            return _closed(
-                conn_id, _Open(request, target.options, target.multiple, True, target.waiting), message
-            )
+            return _closed(conn_id, replace(target, answered=True), message)
         try:
             update_hitl_detail(
                 dag_id=request.dag_id,
@@ -219,7 +218,9 @@ def _record(conn_id: str, target: _Open, choice: Choice, message: InboundMessage
                 conn_id, answerer.masked, request.label, why, err.status_code,
             )  # fmt: skip
             return Handled(REFUSED, request, f"Not recorded: {why} ({request.label}).")
-        _write_request(session, request.answered(message.unique))
+        if stored is not None:
+            stored.set_val(request.answered(message.unique).to_json())
+            session.add(stored)
     chosen = ", ".join(choice.options)
     log.info(
         "webhook %r: recorded the answer %r of %s to %s (run %s)",
@@ -316,20 +317,11 @@ def _parse(variable: Any) -> ApprovalRequest | None:
         return None
 
 
-def _read_request(session: Session, ti_id: str) -> ApprovalRequest | None:
+def _stored_request(session: Session, ti_id: str) -> Any:
+    """The Variable row of ``ti_id``'s request (None when there is none)."""
     from airflow.models.variable import Variable
 
-    variable = session.scalar(sa.select(Variable).where(Variable.key == request_key(ti_id)))
-    return _parse(variable) if variable is not None else None
-
-
-def _write_request(session: Session, request: ApprovalRequest) -> None:
-    from airflow.models.variable import Variable
-
-    variable = session.scalar(sa.select(Variable).where(Variable.key == request_key(request.ti_id)))
-    if variable is not None:
-        variable.set_val(request.to_json())
-        session.add(variable)
+    return session.scalar(sa.select(Variable).where(Variable.key == request_key(ti_id)))
 
 
 __all__ = [
