@@ -256,7 +256,11 @@ def parse_inbound(data: Any, *, received_at: DateTime | None = None) -> InboundM
     if missing:
         raise InboundError(f"missing field(s): {', '.join(missing)}")
     unique = data["unique"]
-    if isinstance(unique, bool) or not isinstance(unique, (str, int)) or not _UNIQUE_RE.fullmatch(str(unique)):
+    if (
+        isinstance(unique, bool)
+        or not isinstance(unique, (str, int))
+        or not _UNIQUE_RE.fullmatch(str(unique))
+    ):
         raise InboundError(f"'unique' is not a message id (1 to {MAX_UNIQUE_CHARS} characters, no spaces)")
     sender = international_digits(data["from"])
     if sender is None:
@@ -273,7 +277,9 @@ def parse_inbound(data: Any, *, received_at: DateTime | None = None) -> InboundM
         body=_text_field(data.get("body")),
         caption=_text_field(data.get("caption")),
         timestamp=_timestamp(data.get("timestamp")) or received_at or pendulum.now("UTC"),
-        quote_unique=str(quoted) if isinstance(quoted, (str, int)) and not isinstance(quoted, bool) and str(quoted) else None,
+        quote_unique=str(quoted)
+        if isinstance(quoted, (str, int)) and not isinstance(quoted, bool) and str(quoted)
+        else None,
         sender_name=_text_field(data.get("senderName")),
         raw=data,
     )
@@ -495,7 +501,9 @@ def decode_json_object(
         return _walk(data, scrub)
     except RecursionError:
         raise WhatsAppResponseError(
-            f"the JSON is nested more than {MAX_JSON_DEPTH} levels deep", http_status=http_status, body=content
+            f"the JSON is nested more than {MAX_JSON_DEPTH} levels deep",
+            http_status=http_status,
+            body=content,
         ) from None
 
 

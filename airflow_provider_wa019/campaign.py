@@ -47,7 +47,10 @@ still alive, and it is per campaign task: other DAGs sending from the same numbe
 **Defaults that differ from the bulk operator's:** ``resend_unknown=False`` (at most once: a
 recipient whose delivery is unknown after a worker was lost is reported ``unknown``, never sent
 a second time; see the README for what a hard kill leaves unknown). Pass ``resend_unknown=True``
-to send them again instead (at least once).
+to send them again instead (at least once). ``max_concurrency=16`` (:data:`CAMPAIGN_CONCURRENCY`):
+in at-most-once mode a killed task leaves up to ``max_concurrency`` recipients ``unknown``, and
+each task writes its ledger once per ``max_concurrency / 2`` messages; 4 (the bulk default) made
+those writes the ceiling of a campaign on a 2-core deployment.
 
 Importing this module costs what importing the bulk operator costs (the task SDK only): the
 engine, ``phonenumbers`` and the HTTP stack load when the split or a send runs.
@@ -65,16 +68,24 @@ from airflow.sdk import task
 from airflow_provider_wa019.constants import DEFAULT_CONN_ID
 from airflow_provider_wa019.operators.bulk import WhatsAppBulkSendOperator
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_MAX_PARALLEL", "split_recipients", "whatsapp_campaign"]
+__all__ = [
+    "CAMPAIGN_CONCURRENCY",
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_MAX_PARALLEL",
+    "split_recipients",
+    "whatsapp_campaign",
+]
 
 #: Recipients per mapped task: large enough that the per-task cost (a few seconds to start a task
 #: on a worker, the ledger's head and index writes) is small against the sending time; small
 #: enough that a retried chunk, its XCom ``results`` and its share of a lost worker stay small.
 #: With Airflow's default ``[core] max_map_length`` (1024) that covers about a million recipients.
 DEFAULT_CHUNK_SIZE = 1000
-#: Mapped tasks sending at once: with the operator's default of 4 requests in flight each, 16 in
-#: flight in all, the default concurrency of one Celery worker.
+#: Mapped tasks sending at once (a Celery worker runs 16 tasks at once by default).
 DEFAULT_MAX_PARALLEL = 4
+#: Each campaign task's ``max_concurrency`` unless given: what a killed task may leave ``unknown``
+#: in at-most-once mode, and twice the messages per ledger write (see the module docstring).
+CAMPAIGN_CONCURRENCY = 16
 #: ``split_recipients``'s default region: the connection's, as the bulk operator uses.
 _FROM_CONNECTION: Any = object()
 #: The bulk operator's arguments the campaign sets itself.
@@ -127,6 +138,7 @@ def whatsapp_campaign(
     if total_rate_per_second is not None and not isinstance(total_rate_per_second, str):
         _share(total_rate_per_second, max_parallel)
     bulk_kwargs.setdefault("resend_unknown", False)
+    bulk_kwargs.setdefault("max_concurrency", CAMPAIGN_CONCURRENCY)
     pre_execute = _HandoverPause(bulk_kwargs.pop("pre_execute", None))
 
     split = task(task_id=f"{task_id}_split")(split_recipients)(

@@ -309,4 +309,3 @@ def validate_template_fit(
             f"template {template.name!r} with these values has {len(text)} characters; "
             f"at most {MAX_TEMPLATE_CHARS}",
         )
-

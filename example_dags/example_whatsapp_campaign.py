@@ -54,7 +54,6 @@ with DAG(
         max_parallel=4,
         template="spring_offer",
         variables=["{{ name | default('there') }}"],
-        max_concurrency=4,
         # A retry (a refused send, a lost worker) sends only to recipients no try confirmed; a
         # recipient whose delivery is unknown is reported, never sent twice (resend_unknown=False,
         # the campaign's default).

@@ -504,22 +504,80 @@ def test_claims_make_a_hard_killed_try_at_most_once(sim, hook):
     assert sends_per_number(sim) == dict.fromkeys(nums, 1)
 
 
+class RecordingStore(MemoryLedgerStore):
+    """Keeps what the store held after each write, and when each write began: what a try killed
+    at any instant would have left behind (a hard kill lets no write finish)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: list[tuple[pendulum.DateTime, dict[str, str]]] = []
+
+    def set(self, key, value) -> None:
+        began = pendulum.now("UTC")
+        super().set(key, value)
+        self.history.append((began, dict(self.data)))
+
+    def states(self) -> list[tuple[pendulum.DateTime, dict[str, tuple[str, str | None]]]]:
+        """(when the next write began, the ledger as a next try would read it until then)."""
+        ends = [began for began, _ in self.history[1:]] + [pendulum.now("UTC")]
+        states = []
+        for end, (_, data) in zip(ends, self.history, strict=True):
+            snapshot = MemoryLedgerStore()
+            snapshot.data = data
+            states.append((end, ProgressLedger(snapshot).load()))
+        return states
+
+
 def test_refused_claims_are_released_for_the_next_try(sim, hook):
     closed, ok = numbers(2)
     sim.open_window(ok)
     recipients, _ = parse_recipients([closed, ok])
-    store = MemoryLedgerStore()
+    store = RecordingStore()
 
     engine(hook, store, resend_unknown=False).run(recipients)  # closed: reason 8, released
+    first_try = len(store.history)
     sim.open_window(closed)  # the client wrote back
     retry = engine(hook, store, resend_unknown=False).run(recipients)
 
     assert [o.status for o in retry.results.values()] == ["sent", "sent"]
     assert sends_per_number(sim) == {closed: 2, ok: 1}
-    # Each try claimed `closed` before sending it: at most once holds for the second send too.
-    chunks = [store.get(f"wa019_bulk/{i}") for i in range(len(store.data))]
-    assert [c["claimed"] for c in chunks if "claimed" in c] == [[closed, ok], [closed]]
-    assert chunks[-1]["sent"].keys() == {closed}
+    states = [state for _, state in store.states()]
+    assert states[first_try - 1] == {closed: ("released", None), ok: ("sent", sim.sent[0]["unique"])}
+    # The retry claimed `closed` before sending it again: at most once holds for that send too.
+    assert states[first_try][closed] == ("claimed", None)
+    assert states[-1][closed] == ("sent", sim.sent[-1]["unique"])
+
+
+@pytest.mark.parametrize(
+    ("max_concurrency", "rate"), [(4, None), (8, None), (3, 150.0)], ids=["c4", "c8", "c3-rated"]
+)
+def test_at_most_once_a_hard_kill_leaves_at_most_max_concurrency_unknown(sim, hook, max_concurrency, rate):
+    """With resend_unknown=False, whatever instant a try is killed at (SIGKILL: no further write),
+    the ledger it leaves has every recipient whose request had reached the API recorded as sent
+    or claimed (so the next try never sends to them again), and at most ``max_concurrency``
+    recipients claimed without an outcome (whom the next try reports ``unknown``)."""
+    nums = open_windows(sim, numbers(120))
+    recipients, _ = parse_recipients(nums)
+    sim.latency = 0.01
+    store = RecordingStore()
+
+    report = engine(
+        hook, store, resend_unknown=False, max_concurrency=max_concurrency, rate_per_second=rate
+    ).run(recipients)
+
+    assert report.sent_now == len(nums)
+    arrivals = sorted((r.received_at, r.json["to"]) for r in sim.requests_to(SEND_PATH))
+    states = store.states()
+    assert len(states) < len(nums) / 2 + 5, "claims must be written in batches, not one by one"
+    open_claims = []
+    for killed_at, state in states:
+        reached = {number for at, number in arrivals if at < killed_at}
+        uncovered = {n for n in reached if state.get(n, ("released",))[0] not in ("sent", "claimed")}
+        assert not uncovered, f"a kill before {killed_at} would send {sorted(uncovered)} again"
+        open_claims.append(sum(1 for st, _ in state.values() if st == "claimed"))
+    assert max(open_claims) <= max_concurrency, open_claims
+    assert max(open_claims) >= min(2, max_concurrency), open_claims  # claims really went ahead
+    assert states[-1][1] == {m["to"]: ("sent", m["unique"]) for m in sim.sent}
 
 
 def test_stop_lets_requests_in_flight_finish_and_records_them(sim, hook):

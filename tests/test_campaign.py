@@ -26,6 +26,7 @@ from airflow_support import run_dag
 
 from airflow_provider_wa019.api import TEMPLATE_PATH
 from airflow_provider_wa019.campaign import (
+    CAMPAIGN_CONCURRENCY,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_PARALLEL,
     split_recipients,
@@ -128,6 +129,8 @@ def test_defaults_and_what_the_mapped_task_is_given():
     assert dag.get_task("send_split").op_kwargs["chunk_size"] == DEFAULT_CHUNK_SIZE == 1000
     assert send.max_active_tis_per_dagrun == send.max_active_tis_per_dag == DEFAULT_MAX_PARALLEL == 4
     assert send.partial_kwargs["resend_unknown"] is False  # at most once, unless the user says otherwise
+    # A killed task leaves up to this many unknown, and writes its ledger every 8 messages.
+    assert send.partial_kwargs["max_concurrency"] == CAMPAIGN_CONCURRENCY == 16
 
 
 def test_importing_the_campaign_module_loads_neither_the_engine_nor_the_http_stack():

@@ -49,5 +49,3 @@ def serve(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(15)
         sock.close()
-
-

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from airflow_provider_wa019.bulk.engine import DEFAULT_MAX_CONCURRENCY, MAX_CONCURRENCY, BulkSender
 from airflow_provider_wa019.bulk.ledger import (
-    CLAIM_BATCH,
     LEDGER_BATCH,
     LEDGER_FLUSH_SECONDS,
     LEDGER_KEY_PREFIX,
@@ -45,7 +44,6 @@ from airflow_provider_wa019.bulk.variable_store import (
 )
 
 __all__ = [
-    "CLAIM_BATCH",
     "DEFAULT_LEDGER_RETENTION",
     "DEFAULT_MAX_CONCURRENCY",
     "LEDGER_BATCH",

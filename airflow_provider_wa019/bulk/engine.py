@@ -7,8 +7,8 @@ Thread model, and why. The requests run on an event loop in one worker thread
 :meth:`BulkSender.run` (the task's own): rendering each recipient's message with the task context
 (``prepare``), the progress ledger's writes, the progress lines, and (after ``run`` returns) XCom.
 The task SDK's channel to its supervisor is not meant for several threads, and a ledger write is
-a blocking round trip of about 10 ms (one per 500 outcomes, one per 100 claims with
-``resend_unknown=False``): on the event loop it would stall every request in flight for those
+a blocking round trip of about 10 ms (one per 500 outcomes, or one per half ``max_concurrency`` of
+claims with ``resend_unknown=False``): on the event loop it would stall every request in flight for those
 10 ms; on the task thread it blocks only that thread, the GIL released, while the loop goes on
 with the messages already handed to it. (The other way round, the loop on the task thread, puts
 each of those stalls into the loop.)
@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from airflow_provider_wa019.bulk.ledger import _CLAIMED, _SENT, _UNKNOWN, CLAIM_BATCH, ProgressLedger
+from airflow_provider_wa019.bulk.ledger import _CLAIMED, _SENT, _UNKNOWN, ProgressLedger
 from airflow_provider_wa019.bulk.rate import SlidingWindowRateLimiter
 from airflow_provider_wa019.bulk.recipients import Recipient
 from airflow_provider_wa019.bulk.report import (
@@ -218,7 +218,8 @@ class BulkSender:
         report = BulkReport(results={}, duplicates=duplicates)
         queue = self._settle_earlier(recipients, report)
         progress = _Progress(self, report, len(queue), started)
-        run = _Run(queue)
+        # At most once needs the claims only where they outlast the try.
+        run = _Run(queue, claims=not self.resend_unknown and self.ledger.durable)
         try:
             if queue:
                 run.loop = _LoopThread(self)
@@ -299,8 +300,12 @@ class BulkSender:
 
     def _hand_over(self, run: _Run, report: BulkReport, depth: int) -> None:
         """Render the next messages and hand them to the loop: one by one while a worker waits
-        for one, in one batch beyond that (the loop's next ones, handed over a call at a time)."""
+        for one, in one batch beyond that (the loop's next ones, handed over a call at a time).
+        At most once with a durable ledger: see :meth:`_hand_over_claimed`."""
         assert run.loop is not None
+        if run.claims:
+            self._hand_over_claimed(run, report)
+            return
         batch: list[tuple[Recipient, Any]] = []
         try:
             while not self._halted and run.position < len(run.queue) and len(run.inflight) < depth:
@@ -317,12 +322,46 @@ class BulkSender:
                     handing, batch = batch, []
                     run.loop.submit(handing, wait_taken=len(run.inflight) == 1)
         except BaseException:
-            for recipient, _ in batch:  # rendered, never handed over: certainly not sent
-                run.inflight.pop(recipient.key, None)
-                self._settle(report, recipient, not_sent("the bulk send was stopped"), quiet=True)
+            self._settle_unsent(run, report, batch)
             raise
         if batch:
             run.loop.submit(batch)
+
+    def _hand_over_claimed(self, run: _Run, report: BulkReport) -> None:
+        """At most once (``resend_unknown=False``, durable ledger): claim, then hand over.
+
+        A message is handed to the loop only once its recipient's claim is written, and at most
+        ``max_concurrency`` are handed over and not settled. Each claim is written together with
+        every outcome settled so far (one ledger write, :meth:`ProgressLedger.claim`), so the
+        ledger never holds more than ``max_concurrency`` claims without an outcome: a hard kill
+        leaves at most that many recipients ``unknown`` (those in flight, or answered after the
+        last write). Claims go in batches of at least half the concurrency (one write per
+        batch, not per message), or whenever nothing is in flight."""
+        assert run.loop is not None
+        room = self.max_concurrency - len(run.inflight)
+        if room < max(1, self.max_concurrency // 2) and run.inflight:
+            return
+        was_idle = not run.inflight
+        batch: list[tuple[Recipient, Any]] = []
+        try:
+            while not self._halted and run.position < len(run.queue) and len(batch) < room:
+                item = self._dispatch(run, report)
+                if item is not None:
+                    batch.append(item)
+            if not batch:
+                return
+            self.ledger.claim([recipient.number for recipient, _ in batch if recipient.number])
+        except BaseException:
+            self._settle_unsent(run, report, batch)  # a claim written for them is released
+            raise
+        for recipient, _ in batch:
+            run.inflight[recipient.key] = recipient
+        run.loop.submit(batch, wait_taken=was_idle)
+
+    def _settle_unsent(self, run: _Run, report: BulkReport, batch: list[tuple[Recipient, Any]]) -> None:
+        for recipient, _ in batch:  # rendered, never handed over: certainly not sent
+            run.inflight.pop(recipient.key, None)
+            self._settle(report, recipient, not_sent("the bulk send was stopped"), quiet=True)
 
     def _take_back(self, run: _Run, report: BulkReport, *, draining: bool = False) -> None:
         """Settle what the loop handed back. Each result stays in the loop's ``handed_back``
@@ -407,11 +446,6 @@ class BulkSender:
             # settle it as such (releasing its claim) before the try ends.
             self._settle(report, recipient, not_sent(f"not sent: {type(err).__name__}"), quiet=True)
             raise
-        if not self.resend_unknown and not self.ledger.is_claimed(number):
-            # At most once: the claim is durable before the request can go out, so a try killed
-            # mid-request leaves this recipient "unknown" for the next try, never sendable.
-            ahead = run.queue[run.position - 1 : run.position - 1 + CLAIM_BATCH]
-            self.ledger.claim([r.number for r in ahead if r.number is not None])
         return recipient, payload
 
     def _render_error(self, err: Exception) -> str:
@@ -510,10 +544,12 @@ class BulkSender:
 class _Run:
     """Mutable state of one :meth:`BulkSender.run` (on the calling thread)."""
 
-    __slots__ = ("inflight", "loop", "position", "queue", "streak", "streak_key")
+    __slots__ = ("claims", "inflight", "loop", "position", "queue", "streak", "streak_key")
 
-    def __init__(self, queue: list[Recipient]) -> None:
+    def __init__(self, queue: list[Recipient], *, claims: bool = False) -> None:
         self.queue = queue
+        #: Claim each recipient in the ledger before its send (at most once, durable ledger).
+        self.claims = claims
         self.loop: _LoopThread | None = None
         self.position = 0
         #: Handed to the loop and not settled yet, by key.

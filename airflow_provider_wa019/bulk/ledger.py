@@ -12,7 +12,6 @@ from typing import Any, Protocol
 from airflow_provider_wa019.bulk.report import Outcome
 
 __all__ = [
-    "CLAIM_BATCH",
     "LEDGER_BATCH",
     "LEDGER_FLUSH_SECONDS",
     "LEDGER_KEY_PREFIX",
@@ -28,9 +27,6 @@ LEDGER_KEY_PREFIX = "wa019_bulk/"
 LEDGER_BATCH = 500
 #: ... when the oldest pending outcome is this old. Bounds what a hard kill can lose (see README).
 LEDGER_FLUSH_SECONDS = 1.0
-#: With ``resend_unknown=False``, recipients are claimed in the ledger this many at a time before
-#: they are sent; a hard kill turns at most this many never-sent claims into "unknown".
-CLAIM_BATCH = 100
 
 # States of a number in the ledger; in memory a sent one is "sent:<unique>".
 _SENT, _UNKNOWN, _CLAIMED, _RELEASED = "sent", "unknown", "claimed", "released"
@@ -70,11 +66,13 @@ class ProgressLedger:
 
     Stored as numbered chunks (``wa019_bulk/0``, ``/1``, ...) in a :class:`LedgerStore`; each
     chunk holds what changed since the one before: ``{"sent": {number: unique}, "unknown":
-    [numbers], "claimed": [numbers], "released": [numbers]}``. Chunks are only ever added, never
-    rewritten, so a write costs the same at the end of a 100,000-recipient send as at its start,
-    and a chunk stays small (about ``batch_size`` entries at most). A try reads the chunks back in order
-    (later entries override earlier ones, except that ``sent`` is final) and writes its own after
-    them.
+    [numbers], "claimed": [numbers], "released": [numbers]}``, each number once, in its latest
+    state. The last chunk stays open: each write rewrites it with what it held plus what is new,
+    until it holds ``batch_size`` numbers; then it is sealed and the next write starts a new one.
+    So a write costs the same at the end of a 100,000-recipient send as at its start, a chunk
+    stays small (``batch_size`` numbers at most), and frequent small writes (claims) do not make
+    many chunks. A try reads the chunks back in order (later entries override earlier ones,
+    except that ``sent`` is final) and writes its own after them.
 
     What each state means for the next try:
 
@@ -82,7 +80,9 @@ class ProgressLedger:
     * ``unknown``: the request went out and no usable answer came back (it may have been
       delivered). Sent again only with ``resend_unknown=True``.
     * ``claimed`` (only with ``resend_unknown=False``): written *before* the send starts, so a try
-      killed mid-request leaves a trace; the next try treats it as ``unknown``.
+      killed mid-request leaves a trace; the next try treats it as ``unknown``. The engine claims
+      no more than ``max_concurrency`` ahead of the outcomes it wrote (see
+      :meth:`claim`), so a hard kill leaves at most that many.
     * ``released``: a claimed recipient that was definitely not sent (refused, invalid, stopped).
 
     Writes happen in batches (``batch_size`` outcomes, or ``flush_seconds`` after the oldest
@@ -106,13 +106,15 @@ class ProgressLedger:
         self._state: dict[str, str] = {}  # number -> state, or "sent:<unique>"
         self._dirty: dict[str, str] = {}
         self._dirty_since: float | None = None
+        #: The open chunk's content as written (it is chunk ``_next_chunk``), or {} when none is.
+        self._open: dict[str, str] = {}
         self._next_chunk = 0
         self.writes = 0
 
     @property
     def chunks(self) -> int:
         """How many chunks the store holds so far (read by :meth:`load`, or written since)."""
-        return self._next_chunk
+        return self._next_chunk + (1 if self._open else 0)
 
     @property
     def durable(self) -> bool:
@@ -152,18 +154,25 @@ class ProgressLedger:
         return state, unique or None
 
     def claim(self, numbers: Sequence[str]) -> None:
-        """Durably mark ``numbers`` as about to be sent (written at once, before any of them goes
-        out): a try killed mid-request then leaves them ``unknown`` instead of sendable."""
+        """Durably mark ``numbers`` as about to be sent, in one write with every outcome still
+        pending, before any of them goes out: a try killed mid-request then leaves them
+        ``unknown`` instead of sendable.
+
+        Writing the pending outcomes in the same write is what bounds a hard kill: a caller that
+        claims only as many as it has requests free (the engine claims at most
+        ``max_concurrency`` minus those in flight) never has more than ``max_concurrency``
+        numbers claimed without a written outcome.
+        """
         # Released (refused earlier) numbers are claimed again: this try may deliver them.
         fresh = [n for n in numbers if self._state.get(n, "") != _CLAIMED and not self._is_sent(n)]
         if not fresh:
             return
         for number in fresh:
             self._state[number] = _CLAIMED
-        self._write({"claimed": fresh})
-
-    def is_claimed(self, number: str) -> bool:
-        return self._state.get(number) == _CLAIMED
+            self._dirty[number] = _CLAIMED
+        if self._dirty_since is None:
+            self._dirty_since = self._clock()
+        self.flush()
 
     def _is_sent(self, number: str) -> bool:
         return self._state.get(number, "").startswith(_SENT)
@@ -191,11 +200,13 @@ class ProgressLedger:
         )
 
     def flush(self) -> None:
-        """Write the pending outcomes as one chunk (nothing when none are pending)."""
+        """Write the pending outcomes (nothing when none are pending): the open chunk is rewritten
+        with them added, and sealed once it holds ``batch_size`` numbers."""
         if not self._dirty:
             return
+        content = {**self._open, **self._dirty}
         chunk: dict[str, Any] = {}
-        for number, value in self._dirty.items():
+        for number, value in content.items():
             state, unique = self._split(value)
             if state == _SENT:
                 chunk.setdefault("sent", {})[number] = unique
@@ -204,12 +215,17 @@ class ProgressLedger:
         self._write(chunk)
         self._dirty.clear()
         self._dirty_since = None
+        if len(content) >= self.batch_size:
+            self._open = {}
+            self._next_chunk += 1  # sealed: the next write starts a new chunk
+        else:
+            self._open = content
 
     def _write(self, chunk: dict[str, Any]) -> None:
         if self.store is None:
             return
-        # Chunk numbers only advance after a successful write, so a failed write leaves no gap
-        # that would hide later chunks from the next try's read.
+        # The chunk number only advances once a chunk is sealed after a successful write, so a
+        # failed write leaves no gap that would hide later chunks from the next try's read; and a
+        # failed rewrite of the open chunk leaves its earlier content, a state this try was in.
         self.store.set(f"{LEDGER_KEY_PREFIX}{self._next_chunk}", {"v": 1, **chunk})
-        self._next_chunk += 1
         self.writes += 1

@@ -20,7 +20,7 @@ instance short of deleting it. What the installed Airflow offers (checked on 3.1
 So the ledger is kept in Variables:
 
 * ``wa019_bulk.<id>.<n>``: chunk ``n`` of the ledger (:class:`ProgressLedger`'s ``wa019_bulk/<n>``),
-  written once, never rewritten.
+  rewritten by its try until it is full, then never again.
 * ``wa019_bulk.<id>``: the ledger's head: which task instance it belongs to, its chunk count
   (a hint) and when it expires.
 * ``wa019_bulk.index``: ``{"v": 1, "ledgers": {id: expires (epoch seconds)}}``, every ledger the

@@ -116,7 +116,9 @@ class WhatsAppSendOperator(BaseOperator):
                 if self.check_window and self.fallback_template and hook.window(self.to).open is False:
                     # Known closed: the template at once, no refused free-form request first.
                     self.log.info("The client's window is closed (webhook): sending the template")
-                    result = hook.send_template(self.to, self.fallback_template, variables, sender=self.sender)
+                    result = hook.send_template(
+                        self.to, self.fallback_template, variables, sender=self.sender
+                    )
                     sent_as = "template"
                 else:
                     result, sent_as = hook.send_message_or_template(

@@ -45,23 +45,23 @@ import pytest
 from e2e_celery import CeleryDeployment, ensure_celery_packages
 from e2e_deployment import CONN_ID, SENDER, DeploymentError, dumps, marked_pids, wait_for
 
+from airflow_provider_wa019.campaign import CAMPAIGN_CONCURRENCY
+
 DAG_ID = "wa019_example_campaign"
 TASK = "send_offer"
 TEMPLATE = "spring_offer=Hi {{1}}, 20% off everything this week."
 RECIPIENTS = [f"97250{i:07d}" for i in range(10_000)]
 CHUNK_SIZE = 1250  # 8 chunks
 TOTAL_RATE = 250
-#: The example DAG's max_parallel and max_concurrency.
+#: The example DAG's max_parallel, and its max_concurrency (the campaign's default).
 MAX_PARALLEL = 4
-MAX_CONCURRENCY = 4
+MAX_CONCURRENCY = CAMPAIGN_CONCURRENCY
 SHARE = TOTAL_RATE // MAX_PARALLEL  # 62/s per chunk, 248/s at most in all
 #: The kill comes once this many messages went out (about 8 s into the sending).
 KILL_AFTER = 2000
-#: What a hard kill can leave unknown in one chunk with resend_unknown=False: up to CLAIM_BATCH
-#: (100) recipients claimed in the ledger ahead of their sends, plus the outcomes not yet
-#: written (the ledger writes at least once a second: about a second of the chunk's sends, here
-#: allowed two) and the requests in flight or queued for the worker threads (2 x max_concurrency).
-UNKNOWN_BOUND = 100 + 2 * SHARE + 2 * MAX_CONCURRENCY
+#: What a hard kill can leave unknown in one chunk with resend_unknown=False: the issue's bound, the
+#: killed task's concurrency (the engine claims no further ahead than its written outcomes).
+UNKNOWN_BOUND = MAX_CONCURRENCY
 #: Arrival jitter left to the rate checks, which count arrivals in windows of 1 s minus this: a
 #: message that started at the client at s arrives at s + d, and when d varies by at most JITTER,
 #: the arrivals in such a window all started within one second, where the shares allow at most
