@@ -35,6 +35,8 @@ from ledger_support import (
 
 from airflow_provider_wa019.api import SEND_PATH
 from airflow_provider_wa019.bulk import (
+    MemoryLedgerStore,
+    Outcome,
     ProgressLedger,
     VariableLedgerStore,
     ledger_id,
@@ -416,3 +418,29 @@ def test_a_read_error_is_never_taken_for_an_empty_ledger():
     variables.fail_reads = True
     with pytest.raises(LedgerStoreError):
         ProgressLedger(store(variables, "r1")).load()
+
+
+def test_the_open_chunk_is_rewritten_until_full_then_a_new_one_starts():
+    memory = MemoryLedgerStore()
+    ledger = ProgressLedger(memory, batch_size=3)
+    a, b, c, d = numbers(4)
+    ledger.claim([a, b])  # one write: chunk 0 opens with two claims
+    ledger.record(a, Outcome("sent", unique="u-a"))
+    ledger.flush()  # chunk 0 rewritten: a sent, b still claimed
+    assert sorted(memory.data) == ["wa019_bulk/0"]
+    assert memory.get("wa019_bulk/0") == {"v": 1, "sent": {a: "u-a"}, "claimed": [b]}
+    ledger.claim([c])  # chunk 0 now holds three numbers: sealed
+    ledger.record(b, Outcome("unknown"))
+    ledger.claim([d])  # a new chunk: b's outcome and d's claim
+    assert memory.get("wa019_bulk/0") == {"v": 1, "sent": {a: "u-a"}, "claimed": [b, c]}
+    assert memory.get("wa019_bulk/1") == {"v": 1, "unknown": [b], "claimed": [d]}
+    assert (ledger.chunks, ledger.writes) == (2, 4)
+
+    next_try = ProgressLedger(memory)
+    assert next_try.load() == {
+        a: ("sent", "u-a"),
+        b: ("unknown", None),
+        c: ("claimed", None),
+        d: ("claimed", None),
+    }
+    assert next_try.chunks == 2  # writes its own after them
