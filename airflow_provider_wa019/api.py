@@ -115,6 +115,20 @@ def compact_number(value: str) -> str:
     return "+" + compact[2:] if compact.startswith("00") else compact
 
 
+class E164Digits(str):
+    """A number as international digits (``"972501234567"``) that is known to be international:
+    what :func:`~airflow_provider_wa019.validation.normalize_number` returns, and the numbers the
+    platform writes (an inbound message's ``from`` and ``to``). A plain ``str`` otherwise.
+
+    Sends take one as it is. Plain digits are read in the connection's ``default_region`` (as a
+    national number), and reading already-international digits so would change the country:
+    ``"972501234567"`` in DE is +49 972501234567. It also spares a bulk send a second parse of
+    every recipient.
+    """
+
+    __slots__ = ()
+
+
 def template_variable_problem(value: str) -> str | None:
     """Why WhatsApp would refuse ``value`` as a template body variable, or None if it would not.
 
@@ -198,6 +212,12 @@ class InboundMessage:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "raw", MappingProxyType(dict(self.raw)))
+        # The platform's numbers are international: a reply must not read them in a region (also
+        # when the message came back from XCom or an asset event as plain strings).
+        for name in ("sender", "to"):
+            value = getattr(self, name)
+            if isinstance(value, str) and (digits := international_digits(value)) is not None:
+                object.__setattr__(self, name, digits)
 
     @property
     def window_closes_at(self) -> DateTime:
@@ -328,8 +348,10 @@ def international_digits(value: Any) -> str | None:
     accepted too. No region, no phonenumbers: for what the platform and its clients send."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return None
+    if type(value) is E164Digits:
+        return value
     digits = compact_number(str(value)).lstrip("+")
-    return digits if digits.isascii() and digits.isdigit() and 6 <= len(digits) <= 15 else None
+    return E164Digits(digits) if digits.isascii() and digits.isdigit() and 6 <= len(digits) <= 15 else None
 
 
 def _text_field(value: Any) -> str | None:

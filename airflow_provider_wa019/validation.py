@@ -20,6 +20,7 @@ from airflow_provider_wa019.api import (
     MAX_TEMPLATE_VARIABLES,
     MAX_UNIQUE_CHARS,
     MEDIA_HEADER_TYPES,
+    E164Digits,
     WhatsAppTemplate,
     compact_number,
     template_variable_problem,
@@ -29,7 +30,7 @@ from airflow_provider_wa019.exceptions import WhatsAppValidationError
 _PLAUSIBLE = re.compile(r"\+?\d+")
 
 
-def normalize_number(value: Any, *, field: str = "to", region: str | None = None) -> str:
+def normalize_number(value: Any, *, field: str = "to", region: str | None = None) -> E164Digits:
     """Return ``value`` as international digits without ``+`` (``972501234567``).
 
     Accepts ``+``, ``00``, spaces, dashes, dots and parentheses. How digits without ``+`` or
@@ -44,8 +45,13 @@ def normalize_number(value: Any, *, field: str = "to", region: str | None = None
     Checks that the number is *possible* (right length for its country), not that it is
     *valid*: phonenumbers' range tables lag reality and would refuse real recipients.
 
+    An :class:`~airflow_provider_wa019.api.E164Digits` (what this function returns, or a number
+    the platform wrote) is returned as it is, in any region: it is international already.
+
     :raises WhatsAppValidationError: naming ``field`` and the value.
     """
+    if type(value) is E164Digits:
+        return value
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise WhatsAppValidationError(
             field, value, f"expected a phone number string, got {type(value).__name__}"
@@ -75,7 +81,7 @@ def normalize_number(value: Any, *, field: str = "to", region: str | None = None
         else:
             hint = " (a local number needs default_region, or write it with +country code)"
         raise WhatsAppValidationError(field, value, f"not a possible phone number{hint}")
-    return result
+    return E164Digits(result)
 
 
 @lru_cache(maxsize=4096)

@@ -44,7 +44,7 @@ from airflow_provider_wa019.bulk import (
 from airflow_provider_wa019.hooks.whatsapp import WhatsAppHook
 from airflow_provider_wa019.hooks.whatsapp_async import WhatsAppAsyncHook
 from airflow_provider_wa019.operators.whatsapp import WhatsAppBulkSendOperator
-from airflow_provider_wa019.testing import WhatsAppSimulator
+from airflow_provider_wa019.testing import DEFAULT_SENDER, WhatsAppSimulator
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 SUCCESS, SKIPPED, FAILED = "success", "skipped", "failed"
@@ -138,6 +138,24 @@ def test_mixed_recipients_give_the_summary_and_task_state(
     assert counts[closed] == 2  # refused, so nothing was delivered: the retry asks again
     assert "12345" not in counts
     assert {m["body"] for m in sim.sent} >= {"Hi Dana", "Hi Noa"}
+
+
+@pytest.mark.parametrize("region", ["DE", "IN", "US"])
+def test_a_connection_region_never_rereads_a_normalized_recipient(make_sim, airflow_db, region):
+    """The list is read once, with the connection's default_region; what the send gets is the
+    international number that reading gave. Reading those digits again in the region would turn
+    +972 50-123-4567 into +49 972501234567 (DE) or +91 972501234567 (IN): another country."""
+    national = {"DE": "030 1234567", "IN": "09123456789", "US": "(202) 555-0123"}[region]
+    expected = {"DE": "49301234567", "IN": "919123456789", "US": "12025550123"}[region]
+    # The sender with +: in a region, bare digits would be read as a national number too.
+    sim = make_sim(default_region=region, sender="+" + DEFAULT_SENDER, open_windows=["972501234567", expected])
+    dag = bulk_dag(f"bulk_region_{region}", recipients=["+972 50-123-4567", national], retries=0)
+
+    result = run_dag(dag)
+
+    assert result.tis["bulk"] == (SUCCESS, 1)
+    assert sends_per_number(sim) == {"972501234567": 1, expected: 1}
+    assert set(result.xcom("bulk", key="results")) == {"972501234567", expected}
 
 
 def test_failure_ratio_decides_between_success_and_failure(sim, airflow_db):

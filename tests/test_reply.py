@@ -162,6 +162,20 @@ def test_a_reply_quotes_the_message_it_answers(sim, airflow_db):
     ]
 
 
+@pytest.mark.parametrize("given", ["payload", "to_dict"])
+def test_a_reply_goes_to_the_clients_own_number_whatever_the_default_region(make_sim, airflow_db, given):
+    """The platform's numbers are international: with default_region DE, 972507654321 must not be
+    read as the German national number +49 972507654321 (also once the message went through
+    XCom or an asset event as plain strings)."""
+    sim = make_sim(senders=(ACCOUNT,), sender="+" + ACCOUNT, default_region="DE", open_windows=[CLIENT])
+    message = payload("in-1")
+    if given == "to_dict":
+        message = parse_inbound(message).to_dict()
+    result = run_dag(reply_dag(f"reply_region_{given}", body="ok", messages=[message]))
+    assert result.tis["answer"] == ("success", 1)
+    assert [m["to"] for m in sim.sent] == [CLIENT]
+
+
 def test_each_client_gets_one_reply_to_their_newest_message_by_default(sim, airflow_db):
     sim.open_window(CLIENT)
     sim.open_window(OTHER)
