@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -382,10 +383,32 @@ class SendResult:
     to: str | None
     sender: str | None
     body: str | None
-    timestamp: DateTime | None
-    template_time_left: Duration | None
-    conversation_time_left: Duration | None
     raw: Mapping[str, Any] = field(repr=False)
+
+    # Read from ``raw`` when first asked for: a bulk send never asks, and making pendulum
+    # objects for every answer was a tenth of its event loop's time.
+    @cached_property
+    def timestamp(self) -> DateTime | None:
+        """When the API accepted the message (UTC), or None if it did not say."""
+        return _timestamp(self.raw.get("timestamp"))
+
+    @cached_property
+    def template_time_left(self) -> Duration | None:
+        """Time left of the 24 h free-form window; None if not reported."""
+        return _duration(self.raw.get("templateTimeLeft"))
+
+    @cached_property
+    def conversation_time_left(self) -> Duration | None:
+        """Time left of the billed 24 h conversation; None if not reported."""
+        return _duration(self.raw.get("conversationTimeLeft"))
+
+    def __repr__(self) -> str:
+        return (
+            f"SendResult(unique={self.unique!r}, reason={self.reason!r}, status={self.status!r}, "
+            f"to={self.to!r}, sender={self.sender!r}, body={self.body!r}, "
+            f"timestamp={self.timestamp!r}, template_time_left={self.template_time_left!r}, "
+            f"conversation_time_left={self.conversation_time_left!r})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict, as pushed to XCom (durations in whole minutes)."""
@@ -605,9 +628,6 @@ def parse_send_response(
         to=_text(data.get("to")),
         sender=_text(data.get("from")),
         body=_text(data.get("body")),
-        timestamp=_timestamp(data.get("timestamp")),
-        template_time_left=_duration(data.get("templateTimeLeft")),
-        conversation_time_left=_duration(data.get("conversationTimeLeft")),
         raw=MappingProxyType(data),
     )
 
