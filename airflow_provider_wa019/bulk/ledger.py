@@ -168,10 +168,7 @@ class ProgressLedger:
         if not fresh:
             return
         for number in fresh:
-            self._state[number] = _CLAIMED
-            self._dirty[number] = _CLAIMED
-        if self._dirty_since is None:
-            self._dirty_since = self._clock()
+            self._note(number, _CLAIMED)
         self.flush()
 
     def _is_sent(self, number: str) -> bool:
@@ -187,6 +184,10 @@ class ProgressLedger:
             value = _RELEASED  # definitely not delivered now: a later try may send it
         else:
             return  # nothing sent and nothing claimed: nothing a later try needs to know
+        self._note(number, value)
+
+    def _note(self, number: str, value: str) -> None:
+        """Change ``number``'s state; pending until the next write."""
         self._merge(number, value)
         self._dirty[number] = self._state[number]
         if self._dirty_since is None:
