@@ -148,7 +148,9 @@ def test_a_connection_region_never_rereads_a_normalized_recipient(make_sim, airf
     national = {"DE": "030 1234567", "IN": "09123456789", "US": "(202) 555-0123"}[region]
     expected = {"DE": "49301234567", "IN": "919123456789", "US": "12025550123"}[region]
     # The sender with +: in a region, bare digits would be read as a national number too.
-    sim = make_sim(default_region=region, sender="+" + DEFAULT_SENDER, open_windows=["972501234567", expected])
+    sim = make_sim(
+        default_region=region, sender="+" + DEFAULT_SENDER, open_windows=["972501234567", expected]
+    )
     dag = bulk_dag(f"bulk_region_{region}", recipients=["+972 50-123-4567", national], retries=0)
 
     result = run_dag(dag)

@@ -779,6 +779,11 @@ class Deployment:
         self.airflow_home.mkdir(parents=True, exist_ok=True)
         self.procs = ProcessSet(self.run_id, self.log_dir, _clean_env())
 
+    def webhook_url(self, secret: str, conn_id: str = CONN_ID) -> str:
+        """The URL a user gives the platform (README, "Receiving messages"): the api-server's
+        webhook for ``conn_id``, the secret in the query string."""
+        return f"{self.api_url}/wa019/webhook/{conn_id}?secret={secret}"
+
     def log_hint(self) -> str:
         return f"{self.procs.log_paths()}; task logs under {self.airflow_home / 'logs'}"
 

@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any
 
-from e2e_deployment import CONN_ID, Deployment, dumps, wait_for
+from e2e_deployment import Deployment, dumps, wait_for
 
 APPROVAL_DAG = "wa019_example_approval"
 APPROVER = "972528887766"
@@ -95,7 +95,7 @@ def test_approve_from_whatsapp_and_reject_skips_publish(
     dep = deployment
     dep.api.wait_parsed(APPROVAL_DAG, timeout=PARSE_TIMEOUT, alive=dep.ensure_running)
     dep.api.unpause(APPROVAL_DAG)
-    dep.sim.set_webhook(f"{dep.api_url}/wa019/webhook/{CONN_ID}?secret={webhook_secret}")
+    dep.sim.set_webhook(dep.webhook_url(webhook_secret))
     dep.sim.open_window(APPROVER)
 
     # 1. Approve by "1", quoting the question; first a number that was not asked tries.

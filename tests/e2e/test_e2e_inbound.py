@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from e2e_deployment import CONN_ID, CUSTOMER, Deployment, dumps, wait_for
+from e2e_deployment import CUSTOMER, Deployment, dumps, wait_for
 
 INBOUND_DAG = "wa019_example_inbound"
 RUN_TIMEOUT = 180.0
@@ -28,7 +28,7 @@ def test_a_client_message_runs_the_inbound_dag_once_and_the_reply_quotes_it(
     dep.api.wait_parsed(INBOUND_DAG, timeout=PARSE_TIMEOUT, alive=dep.ensure_running)
     dep.api.unpause(INBOUND_DAG)
     # Exactly the URL a user configures at the platform (README, "Receiving messages").
-    dep.sim.set_webhook(f"{dep.api_url}/wa019/webhook/{CONN_ID}?secret={webhook_secret}")
+    dep.sim.set_webhook(dep.webhook_url(webhook_secret))
     runs_before = len(_runs(dep))
 
     # A forged delivery (wrong secret) is refused and records nothing.
@@ -80,7 +80,7 @@ def test_the_webhook_secret_never_reaches_a_log(
     deployment: Deployment, wa019_conn: dict[str, object], webhook_secret: str
 ) -> None:
     dep = deployment
-    dep.sim.set_webhook(f"{dep.api_url}/wa019/webhook/{CONN_ID}?secret={webhook_secret}")
+    dep.sim.set_webhook(dep.webhook_url(webhook_secret))
     dep.sim.client_says(CUSTOMER, "ping")
     files = [p for p in (dep.airflow_home / "logs").rglob("*") if p.is_file()]
     files += [p for p in dep.log_dir.glob("*.log") if p.name != "simulator.log"]
